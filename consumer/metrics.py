@@ -21,7 +21,10 @@ EVENTS_DEAD_LETTERED = Counter(
     "enrich_events_dead_lettered_total", "Events delivered to the dead-letter topic.", ["reason"], registry=REGISTRY
 )
 IMAGE_FETCHES = Counter(
-    "enrich_image_fetches_total", "Image downloads by outcome (ok or the failure status).", ["status"], registry=REGISTRY
+    "enrich_image_fetches_total",
+    "Image downloads by outcome (ok or the failure status).",
+    ["status"],
+    registry=REGISTRY,
 )
 IMAGE_FETCH_BYTES = Counter("enrich_image_fetch_bytes_total", "Bytes of image bodies read.", registry=REGISTRY)
 IMAGE_FETCH_SECONDS = Histogram(
@@ -31,16 +34,24 @@ BATCH_SIZE = Histogram(
     "enrich_batch_size", "Items per model micro-batch.", ["model"], buckets=_BATCH_BUCKETS, registry=REGISTRY
 )
 INFERENCE_SECONDS = Histogram(
-    "enrich_inference_seconds", "Forward pass time per micro-batch.", ["model"], buckets=_LATENCY_BUCKETS,
+    "enrich_inference_seconds",
+    "Forward pass time per micro-batch.",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
 STAGE_SECONDS = Histogram(
-    "enrich_stage_seconds", "Time an event spends in each stage.", ["stage"], buckets=_LATENCY_BUCKETS,
+    "enrich_stage_seconds",
+    "Time an event spends in each stage.",
+    ["stage"],
+    buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
 END_TO_END_SECONDS = Histogram(
-    "enrich_end_to_end_seconds", "From the input message's timestamp to delivery of its output.",
-    buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+    "enrich_end_to_end_seconds",
+    "From the input message's timestamp to delivery of its output.",
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
 )
 IN_FLIGHT = Gauge("enrich_in_flight_events", "Events polled and not yet completed.", registry=REGISTRY)
 PAUSED_PARTITIONS = Gauge("enrich_paused_partitions", "Partitions paused by backpressure.", registry=REGISTRY)
@@ -48,8 +59,10 @@ ASSIGNED_PARTITIONS = Gauge("enrich_assigned_partitions", "Partitions currently 
 COMMITS = Counter("enrich_commits_total", "Offset commits by outcome.", ["outcome"], registry=REGISTRY)
 REBALANCES = Counter("enrich_rebalances_total", "Rebalance callbacks.", ["kind"], registry=REGISTRY)
 CONSUMER_LAG = Gauge(
-    "enrich_consumer_lag_messages", "Consumer lag per partition from librdkafka statistics.",
-    ["topic", "partition"], registry=REGISTRY,
+    "enrich_consumer_lag_messages",
+    "Consumer lag per partition from librdkafka statistics.",
+    ["topic", "partition"],
+    registry=REGISTRY,
 )
 MODEL_INFO = Info("enrich_model", "The loaded model bundle.", registry=REGISTRY)
 LAST_HEARTBEAT = Gauge(

@@ -78,10 +78,14 @@ class Settings(BaseSettings):
     resume_fraction: float = Field(0.5, gt=0, lt=1, description="Resume partitions below this share of max_in_flight.")
     commit_interval_s: float = Field(1.0, gt=0)
     revoke_drain_timeout_s: float = Field(10.0, ge=0)
-    shutdown_grace_s: float = Field(25.0, gt=0, description="SIGTERM to exit; keep below the pod's terminationGracePeriod.")
+    shutdown_grace_s: float = Field(
+        25.0, gt=0, description="SIGTERM to exit; keep below the pod's terminationGracePeriod."
+    )
     max_event_bytes: int = Field(1_000_000, gt=0)
 
-    dlq_max_fraction: float = Field(0.5, gt=0, le=1, description="Stop loudly when more than this share is dead-lettered.")
+    dlq_max_fraction: float = Field(
+        0.5, gt=0, le=1, description="Stop loudly when more than this share is dead-lettered."
+    )
     dlq_window: int = Field(200, ge=10, description="How many recent events the dead-letter rate is measured over.")
 
     http_host: str = "0.0.0.0"
@@ -113,7 +117,10 @@ class Settings(BaseSettings):
 
     def kafka_common(self) -> dict[str, Any]:
         """librdkafka settings shared by consumer, producer and admin client (secrets in clear: never log)."""
-        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers, "security.protocol": self.security_protocol}
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
         if self.sasl_mechanism:
             conf["sasl.mechanism"] = self.sasl_mechanism
         if self.sasl_username:

@@ -1,0 +1,41 @@
+# enrich: two commands do all set-up from a fresh clone: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast lint bench clean help
+
+help:
+	@echo "make demo   - install into .venv and run the end-to-end demo (embedded broker, sample catalog, demo model)"
+	@echo "make test   - install into .venv and run the whole test suite"
+	@echo "make lint   - ruff"
+	@echo "make bench  - benchmarks (writes docs/benchmarks.md numbers to stdout)"
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/enrich demo
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: install
+	$(BIN)/python bench/bench_pipeline.py
+
+clean:
+	rm -rf .cache .pytest_cache .ruff_cache

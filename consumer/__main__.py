@@ -1,0 +1,6 @@
+"""``python -m consumer`` is the same as the ``enrich`` command."""
+
+from consumer.cli import app
+
+if __name__ == "__main__":
+    app()

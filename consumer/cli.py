@@ -1,0 +1,283 @@
+"""The ``enrich`` command line (also ``python -m consumer``).
+
+Heavy imports (torch, transformers, confluent-kafka) happen inside each command so that ``enrich --help``
+and ``enrich check-config`` answer instantly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+app = typer.Typer(
+    name="enrich",
+    help="Streaming attribute enrichment for e-commerce catalogs: product events in, enriched attributes out.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# --------------------------------------------------------------------------- shared options
+Bootstrap = Annotated[
+    str | None,
+    typer.Option(
+        "--bootstrap-servers",
+        "-b",
+        envvar="ENRICH_BOOTSTRAP_SERVERS",
+        help="Kafka bootstrap servers, host:port[,host:port].",
+        show_default=False,
+    ),
+]
+InputTopic = Annotated[str | None, typer.Option(envvar="ENRICH_INPUT_TOPIC", help="Topic of product events.")]
+OutputTopic = Annotated[str | None, typer.Option(envvar="ENRICH_OUTPUT_TOPIC", help="Topic for enriched events.")]
+DeadLetterTopic = Annotated[
+    str | None, typer.Option(envvar="ENRICH_DEAD_LETTER_TOPIC", help="Topic for events that cannot be processed.")
+]
+GroupId = Annotated[str | None, typer.Option(envvar="ENRICH_GROUP_ID", help="Consumer group id.")]
+BundleDir = Annotated[
+    Path | None, typer.Option("--bundle", envvar="ENRICH_BUNDLE", help="Model bundle directory (enrich train).")
+]
+KafkaPassthrough = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--kafka", "-X", help="Raw librdkafka setting KEY=VALUE (repeatable), e.g. -X fetch.max.bytes=5242880."
+    ),
+]
+
+
+def _parse_kafka(pairs: list[str] | None) -> dict[str, str] | None:
+    if not pairs:
+        return None
+    parsed: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--kafka")
+        parsed[key.strip()] = value
+    return parsed
+
+
+def _settings(**overrides: Any) -> Any:
+    """Settings from ENRICH_* variables with the given flags on top; a clear message on invalid input."""
+    from consumer.settings import Settings
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        typer.secho(f"invalid configuration:\n{exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+
+
+# --------------------------------------------------------------------------- run
+@app.command()
+def run(
+    bootstrap_servers: Bootstrap = None,
+    input_topic: InputTopic = None,
+    output_topic: OutputTopic = None,
+    dead_letter_topic: DeadLetterTopic = None,
+    group_id: GroupId = None,
+    bundle: BundleDir = None,
+    device: Annotated[str | None, typer.Option(envvar="ENRICH_DEVICE", help="auto | cpu | cuda.")] = None,
+    kafka: KafkaPassthrough = None,
+    exactly_once: Annotated[
+        bool | None,
+        typer.Option(
+            "--exactly-once/--at-least-once",
+            envvar="ENRICH_EXACTLY_ONCE",
+            help="Transactional producer with offsets in the transaction.",
+            show_default=False,
+        ),
+    ] = None,
+    http_port: Annotated[
+        int | None, typer.Option(envvar="ENRICH_HTTP_PORT", help="Port of /metrics, /livez, /readyz.")
+    ] = None,
+    max_in_flight: Annotated[
+        int | None,
+        typer.Option(envvar="ENRICH_MAX_IN_FLIGHT", help="Pause partitions above this many in-flight events."),
+    ] = None,
+    allow_loopback_images: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-loopback-images",
+            envvar="ENRICH_FETCH__ALLOW_LOOPBACK",
+            help="Allow image URLs on 127.0.0.1/::1 (demo and tests only).",
+            show_default=False,
+        ),
+    ] = None,
+    stop_after: Annotated[
+        int | None, typer.Option(envvar="ENRICH_STOP_AFTER", help="Exit after this many events are done.")
+    ] = None,
+    idle_exit_s: Annotated[
+        float | None, typer.Option(envvar="ENRICH_IDLE_EXIT_S", help="Exit after this many idle seconds (replays).")
+    ] = None,
+    log_format: Annotated[str | None, typer.Option(envvar="ENRICH_LOG_FORMAT", help="json | console.")] = None,
+    log_level: Annotated[str | None, typer.Option(envvar="ENRICH_LOG_LEVEL", help="DEBUG, INFO, WARNING...")] = None,
+) -> None:
+    """Run the enrichment consumer against any Kafka cluster until SIGTERM (or --stop-after / --idle-exit-s).
+
+    Every option can also be set as an ENRICH_* environment variable; nested settings use "__", e.g.
+    ENRICH_FETCH__TOTAL_TIMEOUT_S=5 or ENRICH_BATCH__IMAGE_MAX_SIZE=16 (see README, Configuration).
+    """
+    settings = _settings(
+        bootstrap_servers=bootstrap_servers,
+        input_topic=input_topic,
+        output_topic=output_topic,
+        dead_letter_topic=dead_letter_topic,
+        group_id=group_id,
+        bundle=bundle,
+        device=device,
+        kafka=_parse_kafka(kafka),
+        exactly_once=exactly_once,
+        http_port=http_port,
+        max_in_flight=max_in_flight,
+        stop_after=stop_after,
+        idle_exit_s=idle_exit_s,
+        log_format=log_format,
+        log_level=log_level,
+    )
+    if allow_loopback_images:
+        settings.fetch.allow_loopback = True
+    from consumer.logs import configure_logging, get_logger
+    from consumer.service import EnrichService
+
+    configure_logging(settings.log_level, settings.log_format)
+    get_logger("enrich").info("starting enrich run", settings=settings.redacted())
+    raise typer.Exit(asyncio.run(EnrichService(settings).run()))
+
+
+@app.command("check-config")
+def check_config(
+    bootstrap_servers: Bootstrap = None,
+    input_topic: InputTopic = None,
+    output_topic: OutputTopic = None,
+    dead_letter_topic: DeadLetterTopic = None,
+    group_id: GroupId = None,
+    bundle: BundleDir = None,
+    kafka: KafkaPassthrough = None,
+    check_bundle: Annotated[bool, typer.Option(help="Also check that the bundle's manifest is readable.")] = True,
+) -> None:
+    """Validate the configuration (environment + flags) without connecting; print it with secrets masked."""
+    settings = _settings(
+        bootstrap_servers=bootstrap_servers,
+        input_topic=input_topic,
+        output_topic=output_topic,
+        dead_letter_topic=dead_letter_topic,
+        group_id=group_id,
+        bundle=bundle,
+        kafka=_parse_kafka(kafka),
+    )
+    problems: list[str] = []
+    if check_bundle:
+        manifest = settings.bundle / "manifest.json"
+        if not manifest.is_file():
+            problems.append(f"bundle: {manifest} not found (train one with `enrich train`)")
+        else:
+            try:
+                json.loads(manifest.read_text())
+            except ValueError as exc:
+                problems.append(f"bundle: {manifest} is not valid JSON: {exc}")
+    typer.echo(json.dumps(settings.redacted(), indent=2, default=str))
+    for problem in problems:
+        typer.secho(problem, fg="red", err=True)
+    raise typer.Exit(1 if problems else 0)
+
+
+# --------------------------------------------------------------------------- local tooling
+@app.command()
+def broker(
+    port: Annotated[int, typer.Option(help="Port to listen on (loopback).")] = 9092,
+    topics: Annotated[
+        list[str] | None,
+        typer.Option("--topic", help="Topic to create (repeatable); default: the three enrich topics."),
+    ] = None,
+    partitions: Annotated[int, typer.Option(help="Partitions per created topic.")] = 3,
+) -> None:
+    """Run an embedded in-memory Kafka broker (tansu) on 127.0.0.1 for local work, until Ctrl-C."""
+    from consumer.embedded_broker import EmbeddedBroker, create_topics
+    from consumer.settings import Settings
+
+    defaults = Settings()
+    names = topics or [defaults.input_topic, defaults.output_topic, defaults.dead_letter_topic]
+    with EmbeddedBroker(port=port) as embedded:
+        create_topics(embedded.bootstrap_servers, names, partitions=partitions)
+        typer.echo(f"broker ready at {embedded.bootstrap_servers}; topics: {', '.join(names)} (Ctrl-C stops)")
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            typer.echo("stopping broker")
+
+
+@app.command()
+def produce(
+    path: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="JSON Lines file, one product event per line.")
+    ],
+    bootstrap_servers: Bootstrap = None,
+    topic: Annotated[str | None, typer.Option(envvar="ENRICH_INPUT_TOPIC", help="Topic to send to.")] = None,
+    kafka: KafkaPassthrough = None,
+) -> None:
+    """Send product events from a JSON Lines file to a topic (keyed by product_id; idempotent producer).
+
+    Lines that are not valid JSON are sent as they are, so the consumer's dead-letter path can be exercised.
+    """
+    from consumer.produce import produce_jsonl
+
+    settings = _settings(bootstrap_servers=bootstrap_servers, input_topic=topic, kafka=_parse_kafka(kafka))
+    sent = produce_jsonl(settings.bootstrap_servers, settings.input_topic, path, extra_conf=settings.kafka_common())
+    typer.echo(f"produced {sent} events to {settings.input_topic}")
+
+
+@app.command()
+def demo(
+    catalog: Annotated[
+        Path | None,
+        typer.Option(
+            help="A Kaggle-format styles.csv (photos in images/ beside it). Default: the synthetic sample catalog."
+        ),
+    ] = None,
+    bundle: Annotated[
+        Path | None, typer.Option(help="Model bundle. Default: the demo bundle, trained on first use.")
+    ] = None,
+    products: Annotated[int, typer.Option(help="How many catalog products to stream.")] = 300,
+    partitions: Annotated[int, typer.Option(help="Partitions of the demo topics.")] = 3,
+    cache_dir: Annotated[
+        Path, typer.Option(envvar="ENRICH_CACHE_DIR", help="Where the sample catalog and demo bundle are cached.")
+    ] = Path(".cache/enrich"),
+    seed: Annotated[int, typer.Option(help="Seed for choosing products and injecting faults.")] = 7,
+) -> None:
+    """Run the whole pipeline end to end on embedded defaults and print a summary; stops everything it started.
+
+    Embedded tansu broker, loopback image server over the catalog, demo model bundle (trained by
+    `enrich train` the first time and cached), a few hundred product events with some broken image URLs,
+    invalid events and deletes mixed in, the real consumer service, then agreement with the catalog labels.
+    """
+    from consumer.demo import run_demo
+
+    if catalog is not None and bundle is None:
+        raise typer.BadParameter("a custom --catalog needs a --bundle trained on its attributes", param_hint="--bundle")
+    run_demo(catalog=catalog, bundle=bundle, products=products, cache=cache_dir, partitions=partitions, seed=seed)
+
+
+@app.command("sample-catalog")
+def sample_catalog(
+    out: Annotated[Path, typer.Argument(help="Directory to write styles.csv and images/ into.")],
+    products: Annotated[int, typer.Option(help="Number of products.")] = 600,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same catalog.")] = 7,
+) -> None:
+    """Generate the synthetic sample catalog (Kaggle 'Fashion Product Images' format) used by the demo."""
+    from models.catalog.synthetic import generate_catalog
+
+    styles = generate_catalog(out, n_products=products, seed=seed)
+    typer.echo(f"wrote {styles}")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    sys.exit(app())
