@@ -546,8 +546,10 @@ class EnrichService:
             self._count_delivery(kind, reason, source)
             self.tracker.complete(tp, source.offset)
 
+        out_headers = [*(headers or ()), *_source_headers(source)] if kind != "dead_letter" else headers
+
         def produce() -> None:
-            self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
+            self._producer.produce(topic, value=value, key=key, headers=out_headers, on_delivery=on_delivery)
 
         if not self.settings.exactly_once:
             self._produce_with_retry(produce)
@@ -583,6 +585,15 @@ class EnrichService:
         except DeadLetterRateExceeded as exc:
             log.error("dead-letter rate exceeded", error=str(exc))
             self.request_stop(str(exc), exit_code=EXIT_DLQ_RATE)
+
+
+def _source_headers(source: SourceCoordinates) -> list[tuple[str, bytes]]:
+    """Source coordinates as headers on every output, tombstones included (they have no body)."""
+    return [
+        ("enrich.source.topic", source.topic.encode()),
+        ("enrich.source.partition", str(source.partition).encode()),
+        ("enrich.source.offset", str(source.offset).encode()),
+    ]
 
 
 def _librdkafka_logger() -> Any:

@@ -1,0 +1,281 @@
+"""``enrich evaluate``: per-attribute accuracy, macro-F1, precision and coverage for image, text, ensemble.
+
+Runs the catalog through the *serving* code path (``Bundle.text_input`` / ``image_views`` /
+``predict_*`` / ``combine``), so what is measured is what the consumer emits. Metrics per attribute and
+modality:
+
+* ``n``: products labelled for the attribute (after the bundle's taxonomy; the value may be ``other``).
+* ``n_input``: of those, products the modality could see (a photo that decoded; a non-empty text).
+* ``accuracy`` / ``macro_f1``: of the top prediction, over ``n_input`` (what the model does when it can look).
+* ``precision``: accuracy among products whose confidence reached the bundle's threshold.
+* ``coverage``: such products over ``n``: a product with no photo counts as not covered for ``image``.
+
+Which rows: ``split="auto"`` evaluates the bundle's held-out test split when the catalog is one the bundle was
+trained on (by resolved path), and every row otherwise (a new catalog: e.g. photos of another size or shape).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+from tqdm import tqdm
+
+from models.baseline import tfidf_logreg
+from models.bundle import Bundle
+from models.data import Product, read_catalog, split_of
+from models.text_clean import remove_words
+from models.train import load_image, prefetch
+
+log = logging.getLogger(__name__)
+MODALITIES = ("image", "text", "ensemble")
+
+
+def _color_words(bundle: Bundle) -> set[str]:
+    words = bundle.taxonomy.color_words()
+    try:
+        from models.catalog.synthetic import VENDOR_COLOR_NAMES
+
+        for k in VENDOR_COLOR_NAMES:
+            words.update(k.split())
+    except ImportError:
+        pass
+    return words
+
+
+def _metrics(y: np.ndarray, pred: np.ndarray, conf: np.ndarray, has: np.ndarray, thr: np.ndarray
+             ) -> dict[str, Any]:
+    n = len(y)
+    m = has
+    if m.sum() == 0:
+        return {"n": n, "n_input": 0, "accuracy": 0.0, "macro_f1": 0.0, "precision": 0.0, "coverage": 0.0}
+    correct = pred[m] == y[m]
+    covered = conf[m] >= thr[m]
+    return {
+        "n": int(n),
+        "n_input": int(m.sum()),
+        "accuracy": float(accuracy_score(y[m], pred[m])),
+        "macro_f1": float(f1_score(y[m], pred[m], average="macro", labels=np.unique(y[m]))),
+        "precision": float(correct[covered].mean()) if covered.any() else 0.0,
+        "coverage": float(covered.sum() / max(1, n)),
+    }
+
+
+def evaluate_command(
+    *,
+    bundle: str,
+    catalog: str,
+    json_out: str | None = None,
+    plots: str | None = None,
+    split: str = "auto",
+    baseline: bool = True,
+    strip_color_words: bool = False,
+    max_products: int | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a bundle on a Kaggle-format catalog; returns (and optionally writes) the JSON report.
+
+    CLI (``enrich evaluate``)::
+
+      --bundle DIR                 trained bundle
+      --catalog PATH               Kaggle-format styles.csv (or its directory); photos of any size or shape
+      --json FILE                  write the JSON report here (maps to json_out)
+      --plots DIR                  write PNG confusion matrices and precision-coverage curves here
+                                   [next to --json, else none]
+      --split auto|test|val|train|all  rows to score; auto = the held-out test split for a training catalog,
+                                   all rows for any other catalog [auto]
+      --baseline / --no-baseline   also fit TF-IDF + logistic regression on the same split's train titles
+                                   and score it on the same rows [baseline]
+      --strip-color-words          remove every colour word from titles/descriptions first (shows how much
+                                   colour the image carries)
+      --max-products INT           score at most this many rows (quick checks)
+      --device TEXT                auto | cpu | cuda [auto]
+      --progress / --no-progress   progress bars [progress]
+
+    Report shape: ``{"attributes": {ATTR: {"image"|"text"|"ensemble": {"n", "n_input", "accuracy",
+    "macro_f1", "precision", "coverage"}}}, "subsets": {"with_image": {...same...}},
+    "baselines": {"tfidf_logreg": {ATTR: {...}}}, "bundle": {...}}``; fractions in 0..1.
+    """
+    t0 = time.monotonic()
+    b = Bundle.load(bundle, device=device)
+    cat_path = Path(catalog)
+    if cat_path.is_dir():
+        cat_path = cat_path / "styles.csv"
+    products = read_catalog(cat_path)
+    seed = int(b.manifest.get("split", {}).get("seed", 0))
+    fr = tuple(b.manifest.get("split", {}).get("fractions", (0.8, 0.1, 0.1)))
+    trained_on = {str(Path(c).resolve()) for c in b.manifest.get("training", {}).get("catalogs", [])}
+    trained_on |= {str((Path(c) / "styles.csv").resolve()) for c in b.manifest.get("training", {}).get("catalogs", [])}
+    if split == "auto":
+        split = "test" if str(cat_path.resolve()) in trained_on else "all"
+    rows = products if split == "all" else [p for p in products if split_of(p.id, seed, fr) == split]  # type: ignore[arg-type]
+    if max_products:
+        rows = rows[:max_products]
+    words = _color_words(b) if strip_color_words else set()
+
+    def txt(p: Product) -> str:
+        t = b.text_input(p.title, p.description, p.brand)
+        return remove_words(t, words) if words else t
+
+    texts = [txt(p) for p in rows]
+    text_probs = b.predict_texts(texts)
+
+    def views(p: Product) -> Any:
+        im = load_image(p.image, b.image_decode_size)
+        return None if im is None else b.image_views(im)
+
+    image_probs: list[dict[str, np.ndarray] | None] = [None] * len(rows)
+    chunk = 64
+    starts = list(range(0, len(rows), chunk))
+    results = prefetch(lambda s: [views(p) for p in rows[s : s + chunk]], starts)
+    for s, vs in tqdm(zip(starts, results, strict=True), total=len(starts), desc="images", disable=not progress):
+        idx = [s + i for i, v in enumerate(vs) if v is not None]
+        if idx:
+            for i, pr in zip(idx, b.predict_images([vs[i - s] for i in idx]), strict=True):
+                image_probs[i] = pr
+    has_img = np.array([p is not None for p in image_probs])
+    has_txt = np.array([bool(t) for t in text_probs])
+
+    report: dict[str, Any] = {"attributes": {}, "subsets": {"with_image": {"attributes": {}}}, "baselines": {}}
+    curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    confusions: dict[str, tuple[np.ndarray, list[str]]] = {}
+    for a in b.attributes:
+        att = b.taxonomy.attributes[a]
+        y_all = np.array([att.encode(p.labels.get(a)) for p in rows])
+        lab = np.nonzero(y_all >= 0)[0]
+        y = y_all[lab]
+        thr_mode = b.thresholds.get(a, {})
+        out: dict[str, dict[str, np.ndarray]] = {}
+        for mod in MODALITIES:
+            pred = np.zeros(len(lab), dtype=np.int64)
+            conf = np.zeros(len(lab))
+            has = np.zeros(len(lab), dtype=bool)
+            thr = np.ones(len(lab))
+            for j, i in enumerate(lab):
+                tp = text_probs[i].get(a) if text_probs[i] else None
+                ip = image_probs[i].get(a) if image_probs[i] else None
+                if mod == "text":
+                    ip = None
+                elif mod == "image":
+                    tp = None
+                if tp is None and ip is None:
+                    continue
+                fused, mode = b.ensemble.fuse(a, tp, ip)
+                pred[j], conf[j], has[j] = int(fused.argmax()), float(fused.max()), True
+                thr[j] = float(thr_mode.get(mode, 0.5))
+            out[mod] = {"pred": pred, "conf": conf, "has": has, "thr": thr}
+        report["attributes"][a] = {m: _metrics(y, **out[m]) for m in MODALITIES}
+        sub = has_img[lab]
+        report["subsets"]["with_image"]["attributes"][a] = {
+            m: _metrics(y[sub], **{k: v[sub] for k, v in out[m].items()}) for m in MODALITIES
+        }
+        curves[a] = {}
+        for m in MODALITIES:
+            c, ok = out[m]["conf"], out[m]["has"]
+            order = np.argsort(-c)
+            correct = (out[m]["pred"] == y)[order] & ok[order]
+            k = np.arange(1, len(order) + 1)
+            curves[a][m] = (k / max(1, len(y)), np.cumsum(correct) / k)
+        e = out["ensemble"]
+        confusions[a] = (confusion_matrix(y[e["has"]], e["pred"][e["has"]], labels=np.arange(len(att.values))),
+                         att.values)
+
+    if baseline:
+        train_rows = [p for p in products if split_of(p.id, seed, fr) == "train"]  # type: ignore[arg-type]
+        if split in ("all", "train") or not train_rows:
+            log.warning("baseline skipped: needs a held-out split of a training catalog")
+        else:
+            bl: dict[str, Any] = {}
+            bl_img: dict[str, Any] = {}
+            tr_titles = [remove_words(p.title, words) if words else p.title for p in train_rows]
+            te_titles = [remove_words(p.title, words) if words else p.title for p in rows]
+            for a in b.attributes:
+                att = b.taxonomy.attributes[a]
+                ytr = np.array([att.encode(p.labels.get(a)) for p in train_rows])
+                yte = np.array([att.encode(p.labels.get(a)) for p in rows])
+                bl[a] = tfidf_logreg(tr_titles, ytr, te_titles, yte)
+                yte_img = np.where(has_img, yte, -1)
+                bl_img[a] = tfidf_logreg(tr_titles, ytr, te_titles, yte_img)
+            report["baselines"]["tfidf_logreg"] = bl
+            report["subsets"]["with_image"]["baselines"] = {"tfidf_logreg": bl_img}
+
+    report["bundle"] = {
+        "path": str(bundle), "name": b.name, "version": b.version, "attributes": b.attributes,
+        "thresholds": b.thresholds,
+    }
+    report["catalog"] = {"path": str(cat_path), "split": split, "rows": len(rows),
+                         "with_image": int(has_img.sum()), "with_text": int(has_txt.sum()),
+                         "strip_color_words": strip_color_words}
+    report["seconds"] = round(time.monotonic() - t0, 1)
+    plot_dir = Path(plots) if plots else (Path(json_out).with_name(Path(json_out).stem + "_plots")
+                                          if json_out else None)
+    if plot_dir is not None:
+        write_plots(plot_dir, curves, confusions, report)
+        report["plots"] = str(plot_dir)
+    if json_out:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(json.dumps(report, indent=2))
+    return report
+
+
+def write_plots(out: Path, curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]],
+                confusions: dict[str, tuple[np.ndarray, list[str]]], report: dict[str, Any]) -> None:
+    """One precision-coverage PNG per attribute (3 modalities, threshold marked) and one confusion matrix."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    for a, cs in curves.items():
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for m, (cov, prec) in cs.items():
+            ax.plot(cov, prec, label=m)
+            r = report["attributes"][a][m]
+            ax.scatter([r["coverage"]], [r["precision"]], marker="o")
+        ax.set_xlabel("coverage")
+        ax.set_ylabel("precision")
+        ax.set_ylim(0, 1.01)
+        ax.set_xlim(0, 1.0)
+        ax.set_title(f"{a}: precision vs coverage (dot: bundle threshold)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / f"{a}_precision_coverage.png", dpi=90)
+        plt.close(fig)
+    for a, (cm, values) in confusions.items():
+        k = len(values)
+        fig, ax = plt.subplots(figsize=(min(16, 3 + 0.22 * k), min(16, 3 + 0.22 * k)))
+        norm = cm / np.maximum(1, cm.sum(1, keepdims=True))
+        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        if k <= 60:
+            ax.set_xticks(range(k), values, rotation=90, fontsize=6)
+            ax.set_yticks(range(k), values, fontsize=6)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("label")
+        ax.set_title(f"{a} (ensemble, row-normalised)")
+        fig.tight_layout()
+        fig.savefig(out / f"{a}_confusion.png", dpi=90)
+        plt.close(fig)
+
+
+def format_table(report: dict[str, Any], subset: str | None = None) -> str:
+    """A Markdown table of accuracy (precision @ coverage) per attribute and modality, plus the baseline."""
+    src = report if subset is None else report["subsets"][subset]
+    bl = src.get("baselines", report.get("baselines", {}) if subset is None else {}).get("tfidf_logreg", {})
+    lines = ["| attribute | image acc | text acc | ensemble acc | TF-IDF+LR acc | ensemble prec @ cov |",
+             "|---|---|---|---|---|---|"]
+    for a, r in src["attributes"].items():
+        b = bl.get(a, {})
+        lines.append(
+            f"| {a} | {r['image']['accuracy']:.3f} | {r['text']['accuracy']:.3f} | {r['ensemble']['accuracy']:.3f} "
+            f"| {b.get('accuracy', float('nan')):.3f} | {r['ensemble']['precision']:.3f} @ "
+            f"{r['ensemble']['coverage']:.3f} |"
+        )
+    return "\n".join(lines)
+

@@ -1,0 +1,614 @@
+"""``enrich train``: multi-data multi-task training of the image and text models, fusion and thresholds.
+
+Pipeline (each step resumable from ``--work-dir``):
+
+1. Read every catalog (Kaggle format; the synthetic catalog is the same format with extra columns). Each
+   catalog gives a *text* dataset (rows with text) and an *image* dataset (rows with a readable photo); each is
+   labelled for the attributes its columns carry. Products are split train/val/test by a seeded hash of the
+   product id, so no product is in two splits for any task.
+2. Build the taxonomy from the training rows (rare values merged into ``other``).
+3. Cache the frozen bottoms' outputs once: the CNN bottom over both views of every photo, the BERT bottom
+   layers over every text. On 2 CPU cores this is what makes fine-tuning the tops affordable.
+4. Train the image top + heads and the text top layers + wide branch + heads in one loop: batches are drawn
+   across all datasets with weights (``MultiDatasetSampler``), each batch's loss is the weighted sum of the
+   masked per-task losses. Best epoch per model by validation loss; a checkpoint after every epoch.
+5. On validation: fit the per-attribute fusion, choose per-attribute thresholds for a target precision,
+   record metrics; write the bundle (safetensors + manifest).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from models.bundle import resolve_device, save_bundle
+from models.data import Product, read_catalog, split_products
+from models.ensemble import Ensemble, FusionParams, choose_threshold, fit_fusion, precision_coverage
+from models.image_model import ImagePreprocess, MultiTaskImageModel, build_backbone
+from models.multitask import MultiDatasetSampler, masked_multitask_loss
+from models.taxonomy import KAGGLE_COLUMNS, Taxonomy
+from models.text_clean import text_input
+from models.text_model import MultiTaskTextModel, default_encoder_dir, load_encoder, load_tokenizer, wide_batch
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
+
+DEFAULT_ATTRIBUTES = tuple(KAGGLE_COLUMNS)
+
+
+@dataclass
+class TaskData:
+    """One dataset of one modality and split: cached bottom features, labels ``[N, A]`` (-1 missing), ids."""
+
+    kind: str  # "text" | "image"
+    catalog: int
+    ids: list[str]
+    labels: np.ndarray
+    feats: np.ndarray  # text: [N, T, H] fp16; image: [N, V, C, h, w] fp16
+    mask: np.ndarray | None = None  # text attention mask [N, T]
+    texts: list[str] = field(default_factory=list)
+
+
+def parse_weights(spec: str | Mapping[str, float] | None) -> dict[str, float]:
+    """``"color=2,season=0.5"`` -> ``{"color": 2.0, "season": 0.5}``."""
+    if spec is None:
+        return {}
+    if isinstance(spec, Mapping):
+        return {str(k): float(v) for k, v in spec.items()}
+    out: dict[str, float] = {}
+    for part in spec.split(","):
+        if part.strip():
+            k, v = part.split("=")
+            out[k.strip()] = float(v)
+    return out
+
+
+def load_image(path: Path | None, decode_size: tuple[int, int]) -> Image.Image | None:
+    """Decode a photo with JPEG draft mode; ``None`` when missing or unreadable (the row becomes text-only)."""
+    if path is None:
+        return None
+    try:
+        with Image.open(path, formats=["JPEG", "PNG", "WEBP"]) as im:
+            im.draft("RGB", decode_size)
+            return im.convert("RGB")
+    except Exception:
+        return None
+
+
+def encode_labels(products: Sequence[Product], taxonomy: Taxonomy) -> np.ndarray:
+    """``[N, A]`` class indices, ``-1`` where the label is missing or the catalog lacks the column."""
+    rows = [[taxonomy.attributes[a].encode(p.labels.get(a)) for a in taxonomy.names] for p in products]
+    return np.asarray(rows, dtype=np.int64).reshape(len(products), len(taxonomy.names))
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def prefetch(fn: Callable[[T], R], items: Sequence[T], workers: int = 2, ahead: int = 2) -> Iterator[R]:
+    """``map(fn, items)`` in a thread pool with at most ``ahead`` results waiting (bounded memory).
+
+    ``Executor.map`` submits everything at once, which decodes a whole catalog of photos into RAM.
+    """
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futs: deque[Future[R]] = deque()
+        it = iter(items)
+        for x in it:
+            futs.append(pool.submit(fn, x))
+            if len(futs) > ahead:
+                yield futs.popleft().result()
+        while futs:
+            yield futs.popleft().result()
+
+
+# --- feature caches --------------------------------------------------------------------------------------
+def cache_text_features(model: MultiTaskTextModel, tokenizer: Any, texts: Sequence[str], max_len: int,
+                        device: torch.device, cache_dir: Path, tag: str, batch_size: int = 128,
+                        progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """BERT bottom hidden states ``[N, T, H]`` (fp16) + masks, computed once and kept on disk."""
+    key = _key("text", tag, model.cut, max_len, list(texts))
+    fh, fm = cache_dir / f"text-{key}.npy", cache_dir / f"text-{key}-mask.npy"
+    if fh.exists() and fm.exists():
+        return np.load(fh), np.load(fm)
+    enc = tokenizer(list(texts), truncation=True, max_length=max_len)
+    lens = np.array([len(x) for x in enc["input_ids"]], dtype=np.int64)
+    t_max = int(lens.max()) if len(lens) else 1
+    hdim = int(model.encoder.config.hidden_size)  # type: ignore[attr-defined]
+    hidden = np.zeros((len(texts), t_max, hdim), dtype=np.float16)
+    mask = np.zeros((len(texts), t_max), dtype=np.uint8)
+    order = np.argsort(lens, kind="stable")
+    model.eval()
+    with torch.inference_mode():
+        for s in tqdm(range(0, len(order), batch_size), desc=f"cache text {tag}", disable=not progress):
+            idx = order[s : s + batch_size]
+            t = int(lens[idx].max())
+            ids = torch.zeros((len(idx), t), dtype=torch.long)
+            m = torch.zeros((len(idx), t), dtype=torch.long)
+            for j, i in enumerate(idx):
+                seq = enc["input_ids"][i]
+                ids[j, : len(seq)] = torch.tensor(seq)
+                m[j, : len(seq)] = 1
+            h = model.bottom(ids.to(device), m.to(device)).float().cpu().numpy()
+            hidden[idx, :t] = h.astype(np.float16)
+            mask[idx, :t] = m.numpy()
+    np.save(fh, hidden)
+    np.save(fm, mask)
+    return hidden, mask
+
+
+def cache_image_features(model: MultiTaskImageModel, preprocess: ImagePreprocess, paths: Sequence[Path | None],
+                         device: torch.device, cache_dir: Path, tag: str, batch_size: int = 32,
+                         progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """CNN bottom outputs for both views of every photo ``[N, V, C, h, w]`` (fp16) + an ``ok`` mask."""
+    key = _key("image", tag, preprocess.to_json(), [str(p) for p in paths])
+    ff, fo = cache_dir / f"image-{key}.npy", cache_dir / f"image-{key}-ok.npy"
+    if ff.exists() and fo.exists():
+        return np.load(ff), np.load(fo)
+    model.eval()
+    feats: np.ndarray | None = None
+    ok = np.zeros(len(paths), dtype=bool)
+
+    def prep(i: int) -> torch.Tensor | None:
+        im = load_image(paths[i], preprocess.decode_size)
+        return None if im is None else preprocess.views(im)
+
+    with torch.inference_mode():
+        batches = [list(range(s, min(s + batch_size, len(paths)))) for s in range(0, len(paths), batch_size)]
+        pending = prefetch(lambda b: [prep(i) for i in b], batches)
+        for b, views in tqdm(zip(batches, pending, strict=True), total=len(batches), desc=f"cache images {tag}",
+                             disable=not progress):
+            good = [(i, v) for i, v in zip(b, views, strict=True) if v is not None]
+            if not good:
+                continue
+            x = torch.stack([v for _, v in good]).to(device)
+            f = model.bottom_features(x).float().cpu().numpy().astype(np.float16)
+            if feats is None:
+                feats = np.zeros((len(paths), *f.shape[1:]), dtype=np.float16)
+            idx = [i for i, _ in good]
+            feats[idx] = f
+            ok[idx] = True
+    if feats is None:
+        feats = np.zeros((len(paths), 1), dtype=np.float16)
+    np.save(ff, feats)
+    np.save(fo, ok)
+    return feats, ok
+
+
+# --- batches ---------------------------------------------------------------------------------------------
+def _text_logits(model: MultiTaskTextModel, d: TaskData, idx: np.ndarray, device: torch.device
+                 ) -> dict[str, torch.Tensor]:
+    assert d.mask is not None
+    m = d.mask[idx]
+    t = max(1, int(m.sum(1).max()))
+    h = torch.from_numpy(d.feats[idx, :t].astype(np.float32)).to(device)
+    mk = torch.from_numpy(m[:, :t].astype(np.int64)).to(device)
+    kw: dict[str, torch.Tensor] = {}
+    if model.wide is not None:
+        wi, wo = wide_batch([d.texts[i] for i in idx], model.wide_buckets)
+        kw = {"wide_ids": wi.to(device), "wide_offsets": wo.to(device)}
+    return model.top(h, mk, **kw)
+
+
+def _image_logits(model: MultiTaskImageModel, d: TaskData, idx: np.ndarray, device: torch.device
+                  ) -> dict[str, torch.Tensor]:
+    x = torch.from_numpy(d.feats[idx].astype(np.float32)).to(device)
+    return model.forward_bottom_features(x)
+
+
+def _targets(d: TaskData, idx: np.ndarray, names: Sequence[str], device: torch.device) -> dict[str, torch.Tensor]:
+    lab = torch.from_numpy(d.labels[idx]).to(device)
+    return {a: lab[:, j] for j, a in enumerate(names)}
+
+
+def predict_probs(model: torch.nn.Module, d: TaskData, names: Sequence[str], device: torch.device,
+                  batch_size: int = 256) -> dict[str, np.ndarray]:
+    """Softmax probabilities ``{attr: [N, K]}`` for a cached dataset."""
+    model.eval()
+    out: dict[str, list[np.ndarray]] = {a: [] for a in names}
+    with torch.inference_mode():
+        for s in range(0, len(d.ids), batch_size):
+            idx = np.arange(s, min(s + batch_size, len(d.ids)))
+            fn = _text_logits if d.kind == "text" else _image_logits
+            lg = fn(model, d, idx, device)  # type: ignore[arg-type]
+            for a in names:
+                out[a].append(torch.softmax(lg[a].float(), -1).cpu().numpy())
+    return {a: np.concatenate(v) if v else np.zeros((0, 0)) for a, v in out.items()}
+
+
+def _val_loss(model: torch.nn.Module, ds: Sequence[TaskData], names: Sequence[str], device: torch.device,
+              weights: Mapping[str, float]) -> float:
+    model.eval()
+    tot, n = 0.0, 0
+    with torch.inference_mode():
+        for d in ds:
+            for s in range(0, len(d.ids), 256):
+                idx = np.arange(s, min(s + 256, len(d.ids)))
+                fn = _text_logits if d.kind == "text" else _image_logits
+                loss, _ = masked_multitask_loss(fn(model, d, idx, device), _targets(d, idx, names, device),  # type: ignore[arg-type]
+                                                weights)
+                tot += float(loss) * len(idx)
+                n += len(idx)
+    return tot / max(1, n)
+
+
+# --- checkpoints (safetensors + JSON; never pickles) -----------------------------------------------------
+def _save_ckpt(path: Path, models: Mapping[str, torch.nn.Module], opt: torch.optim.Optimizer,
+               best: Mapping[str, dict[str, torch.Tensor]], state: Mapping[str, Any]) -> None:
+    tensors: dict[str, torch.Tensor] = {}
+    for name, m in models.items():
+        tensors.update({f"model.{name}.{k}": v.detach().cpu().contiguous().clone() for k, v in m.state_dict().items()})
+    for name, sd in best.items():
+        tensors.update({f"best.{name}.{k}": v.contiguous().clone() for k, v in sd.items()})
+    osd = opt.state_dict()
+    for pid, st in osd["state"].items():
+        for k, v in st.items():
+            tensors[f"opt.{pid}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous().clone()
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
+    path.with_suffix(".json").write_text(json.dumps({**state, "param_groups": osd["param_groups"]}))
+
+
+def _load_ckpt(path: Path, models: Mapping[str, torch.nn.Module], opt: torch.optim.Optimizer
+               ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    tensors = load_file(str(path))
+    meta = json.loads(path.with_suffix(".json").read_text())
+    for name, m in models.items():
+        p = f"model.{name}."
+        m.load_state_dict({k[len(p):]: v for k, v in tensors.items() if k.startswith(p)})
+    best: dict[str, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith("best."):
+            _, name, rest = k.split(".", 2)
+            best.setdefault(name, {})[rest] = v
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, pid, key = k.split(".", 2)
+            state.setdefault(int(pid), {})[key] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return best, meta
+
+
+# --- the command -----------------------------------------------------------------------------------------
+def train_command(
+    *,
+    catalog: Sequence[str],
+    out: str,
+    name: str = "enrich",
+    attributes: Sequence[str] | None = None,
+    image_backbone: str = "efficientnet-lite0",
+    image_weights: str | None = None,
+    image_size: int = 192,
+    image_top_blocks: int = 1,
+    text_encoder: str | None = None,
+    text_train_layers: int = 1,
+    text_max_len: int = 48,
+    wide_buckets: int = 1 << 17,
+    epochs: int = 8,
+    max_minutes: float | None = None,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    trunk_lr: float = 1e-4,
+    seed: int = 0,
+    task_weights: str | None = None,
+    dataset_weights: str | None = None,
+    min_class_count: int = 20,
+    target_precision: float = 0.9,
+    max_products: int | None = None,
+    work_dir: str | None = None,
+    resume: bool = True,
+    device: str = "auto",
+    threads: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train a bundle from Kaggle-format catalogs and write it to ``out``. Returns a summary dict.
+
+    CLI (``enrich train``), one flag per keyword argument::
+
+      --catalog PATH (repeatable)  Kaggle-format styles.csv (or its directory); each one is a dataset
+      --out DIR                    bundle directory to write
+      --name TEXT                  bundle name [enrich]
+      --attribute NAME (repeatable) attributes to train [all present: color, article_type, master_category,
+                                   sub_category, gender, usage, season, pattern]
+      --image-backbone NAME        efficientnet-lite0 | resnet50 | tiny [efficientnet-lite0]
+      --image-weights FILE         ImageNet weights file for resnet50 [$TORCH_HOME]
+      --image-size INT             side of both image views [192]
+      --image-top-blocks INT       trailing backbone blocks fine-tuned (the rest is frozen, cached) [1]
+      --text-encoder DIR           local Hugging Face BERT directory [packaged all-MiniLM-L6-v2]
+      --text-train-layers INT      top encoder layers fine-tuned (the rest is frozen, cached) [1]
+      --text-max-len INT           max tokens of title . brand . description [48]
+      --wide-buckets INT           hashed word n-gram buckets of the text model, 0 disables [131072]
+      --epochs INT                 max epochs [8]
+      --max-minutes FLOAT          wall-clock budget for the whole run; training stops early to meet it
+      --batch-size INT             [64]
+      --lr FLOAT                   heads / dense / wide learning rate [1e-3]
+      --trunk-lr FLOAT             fine-tuned backbone and encoder layers learning rate [1e-4]
+      --seed INT                   split, init and batch order seed [0]
+      --task-weights TEXT          e.g. "color=2,season=0.5" (task losses are summed with these weights)
+      --dataset-weights TEXT       sampling weights, e.g. "0:text=1,0:image=2" (catalog index:modality)
+      --min-class-count INT        values rarer than this in train merge into "other" [20]
+      --target-precision FLOAT     per-attribute thresholds reach this validation precision [0.9]
+      --max-products INT           use at most this many products per catalog (quick runs)
+      --work-dir DIR               feature caches and checkpoints [<out>.work]
+      --resume / --no-resume       continue from the work dir's checkpoint [resume]
+      --device TEXT                auto | cpu | cuda [auto]
+      --threads INT                torch CPU threads [all cores]
+      --progress / --no-progress   progress bars [progress]
+    """
+    t0 = time.monotonic()
+    deadline = t0 + max_minutes * 60 if max_minutes else math.inf
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    dev = resolve_device(device)
+    out_dir = Path(out)
+    work = Path(work_dir) if work_dir else out_dir.with_name(out_dir.name + ".work")
+    cache_dir = work / "cache"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+
+    # 1. data
+    catalogs: list[dict[str, list[Product]]] = []
+    for ci, c in enumerate(catalog):
+        prods = read_catalog(c)
+        if max_products and len(prods) > max_products:
+            rng = np.random.default_rng([seed, ci])
+            keep = np.sort(rng.choice(len(prods), size=max_products, replace=False))
+            prods = [prods[i] for i in keep]
+        catalogs.append(split_products(prods, seed))
+    present = {a for c in catalogs for s in c.values() for p in s for a, v in p.labels.items() if v is not None}
+    wanted = [a for a in (attributes or DEFAULT_ATTRIBUTES) if a in present]
+    train_rows = [p.labels for c in catalogs for p in c["train"]]
+    taxonomy = Taxonomy.build(train_rows, wanted, min_count=min_class_count)
+    names = taxonomy.names
+    ncls = taxonomy.num_classes()
+    log.info("taxonomy: %s", ncls)
+
+    # 2. models
+    backbone = build_backbone(image_backbone, pretrained=True, top_blocks=image_top_blocks, weights=image_weights)
+    image_model = MultiTaskImageModel(backbone, ncls).to(dev)
+    preprocess = ImagePreprocess(size=image_size)
+    enc_dir = Path(text_encoder) if text_encoder else default_encoder_dir()
+    encoder = load_encoder(enc_dir, pretrained=True)
+    text_model = MultiTaskTextModel(encoder, ncls, train_layers=text_train_layers, wide_buckets=wide_buckets).to(dev)
+    tokenizer = load_tokenizer(enc_dir)
+    for p in image_model.bottom.parameters():
+        p.requires_grad_(False)
+    for p in text_model.encoder.parameters():
+        p.requires_grad_(False)
+    for p in text_model.trainable_parameters():
+        p.requires_grad_(True)
+
+    # 3. caches
+    data: dict[str, list[TaskData]] = {"train": [], "val": []}
+    for ci, c in enumerate(catalogs):
+        for split in ("train", "val"):
+            prods = c[split]
+            tp = [p for p in prods if text_input(p.title, p.description, p.brand)]
+            texts = [text_input(p.title, p.description, p.brand) for p in tp]
+            if tp:
+                h, m = cache_text_features(text_model, tokenizer, texts, text_max_len, dev, cache_dir,
+                                           f"{ci}-{split}-{enc_dir}", progress=progress)
+                data[split].append(TaskData("text", ci, [p.id for p in tp], encode_labels(tp, taxonomy), h, m,
+                                            texts))
+            ip = [p for p in prods if p.image is not None]
+            if ip:
+                f, ok = cache_image_features(image_model, preprocess, [p.image for p in ip], dev, cache_dir,
+                                             f"{ci}-{split}-{image_backbone}-{image_top_blocks}", progress=progress)
+                keep = np.nonzero(ok)[0]
+                if len(keep):
+                    ipk = [ip[i] for i in keep]
+                    data[split].append(TaskData("image", ci, [p.id for p in ipk], encode_labels(ipk, taxonomy),
+                                                f[keep]))
+    t_cache = time.monotonic() - t0
+
+    # 4. training
+    tw = parse_weights(task_weights)
+    dw = parse_weights(dataset_weights)
+    train_ds = [d for d in data["train"] if len(d.ids)]
+    sampler = MultiDatasetSampler([len(d.ids) for d in train_ds], batch_size,
+                                  [dw.get(f"{d.catalog}:{d.kind}", 1.0) for d in train_ds], seed=seed)
+    head_params = [*image_model.dense.parameters(), *image_model.heads.parameters()]
+    text_trunk = [p for layer in text_model.encoder.encoder.layer[text_model.cut:] for p in layer.parameters()]
+    text_rest = [p for m in (text_model.wide, text_model.dense, text_model.heads) if m is not None
+                 for p in m.parameters()]
+    opt = torch.optim.AdamW(
+        [
+            {"params": list(image_model.top.parameters()), "lr": trunk_lr},
+            {"params": head_params, "lr": lr},
+            {"params": text_trunk, "lr": trunk_lr},
+            {"params": text_rest, "lr": lr, "weight_decay": 0.0},
+        ],
+        weight_decay=1e-4,
+    )
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    models = {"image": image_model, "text": text_model}
+    best: dict[str, dict[str, torch.Tensor]] = {}
+    best_loss = {"image": math.inf, "text": math.inf}
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    ckpt = work / "checkpoint.safetensors"
+    run_key = _key(list(catalog), names, image_backbone, image_size, image_top_blocks, str(enc_dir),
+                   text_train_layers, wide_buckets, batch_size, seed, max_products, task_weights, dataset_weights)
+    if resume and ckpt.exists():
+        meta = json.loads(ckpt.with_suffix(".json").read_text())
+        if meta.get("run_key") == run_key:
+            best, meta = _load_ckpt(ckpt, models, opt)
+            start_epoch, best_loss, history = meta["epoch"] + 1, meta["best_loss"], meta["history"]
+            log.info("resumed at epoch %d", start_epoch)
+    t_train0 = time.monotonic()
+    epoch_time = 0.0
+    for epoch in range(start_epoch, epochs):
+        if time.monotonic() + epoch_time * 1.05 > deadline - 30:
+            log.info("budget reached before epoch %d", epoch)
+            break
+        te = time.monotonic()
+        for g, b in zip(opt.param_groups, base_lrs, strict=True):  # cosine decay over the planned epochs
+            g["lr"] = b * 0.5 * (1 + math.cos(math.pi * epoch / max(1, epochs)))
+        sampler.set_epoch(epoch)
+        torch.manual_seed(seed * 1000 + epoch)
+        image_model.train()
+        text_model.train()
+        image_model.bottom.eval()
+        bar = tqdm(sampler, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress)
+        run = {"image": 0.0, "text": 0.0}
+        for di, idx in bar:
+            d = train_ds[di]
+            m = models[d.kind]
+            fn = _text_logits if d.kind == "text" else _image_logits
+            logits = fn(m, d, idx, dev)  # type: ignore[arg-type]
+            loss, _parts = masked_multitask_loss(logits, _targets(d, idx, names, dev), tw)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            lv = loss.item()
+            run[d.kind] = 0.95 * run[d.kind] + 0.05 * lv if run[d.kind] else lv
+            bar.set_postfix(img=f"{run['image']:.3f}", txt=f"{run['text']:.3f}")
+            if time.monotonic() > deadline - 20:
+                break
+        rec: dict[str, Any] = {"epoch": epoch, "train_loss": dict(run)}
+        for kind, m in models.items():
+            vds = [d for d in data["val"] if d.kind == kind and len(d.ids)]
+            if not vds:
+                continue
+            vl = _val_loss(m, vds, names, dev, tw)
+            rec[f"val_loss_{kind}"] = vl
+            if vl < best_loss[kind]:
+                best_loss[kind] = vl
+                best[kind] = {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
+        for kind, m in models.items():  # a model without validation data keeps its last state
+            if not any(d.kind == kind for d in data["val"]):
+                best[kind] = {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
+        epoch_time = time.monotonic() - te
+        rec["seconds"] = round(epoch_time, 1)
+        history.append(rec)
+        log.info("epoch %s", rec)
+        if progress:
+            tqdm.write(f"epoch {epoch + 1}: " + json.dumps({k: v for k, v in rec.items() if k != 'epoch'}))
+        _save_ckpt(ckpt, models, opt, best, {"run_key": run_key, "epoch": epoch, "best_loss": best_loss,
+                                             "history": history})
+    for kind, m in models.items():
+        if kind in best:
+            m.load_state_dict(best[kind])
+    t_train = time.monotonic() - t_train0
+
+    # 5. fusion, thresholds, validation metrics
+    ensemble, thresholds, val_metrics = fit_ensemble(
+        models, data["val"], taxonomy, dev, target_precision
+    )
+    version = save_bundle(
+        out_dir, name=name, taxonomy=taxonomy, image_model=image_model, image_preprocess=preprocess,
+        image_backbone={"name": image_backbone, **backbone.spec}, text_model=text_model, encoder_dir=enc_dir,
+        text_max_len=text_max_len, ensemble=ensemble, thresholds=thresholds,
+        metrics={"validation": val_metrics},
+        extra={
+            "split": {"method": "sha256(seed:id)", "seed": seed, "fractions": [0.8, 0.1, 0.1]},
+            "training": {
+                "catalogs": [str(c) for c in catalog], "epochs_run": len(history), "history": history,
+                "seconds": {"cache": round(t_cache, 1), "train": round(t_train, 1),
+                            "total": round(time.monotonic() - t0, 1)},
+                "device": str(dev), "seed": seed, "target_precision": target_precision,
+                "text_encoder_source": str(enc_dir), "task_weights": tw, "dataset_weights": dw,
+                "max_products": max_products, "batch_size": batch_size,
+            },
+        },
+    )
+    summary = {"bundle": str(out_dir), "version": version, "attributes": names,
+               "seconds": round(time.monotonic() - t0, 1), "epochs_run": len(history),
+               "validation": val_metrics}
+    return summary
+
+
+def fit_ensemble(models: Mapping[str, torch.nn.Module], val: Sequence[TaskData], taxonomy: Taxonomy,
+                 device: torch.device, target_precision: float
+                 ) -> tuple[Ensemble, dict[str, dict[str, float]], dict[str, Any]]:
+    """Fit fusion per attribute and mode on validation data, choose thresholds, report validation metrics."""
+    names = taxonomy.names
+    tprobs: dict[tuple[int, str], tuple[str, np.ndarray, dict[str, np.ndarray]]] = {}
+    iprobs: dict[tuple[int, str], dict[str, np.ndarray]] = {}
+    for d in val:
+        if not len(d.ids):
+            continue
+        pr = predict_probs(models[d.kind], d, names, device)
+        for i, pid in enumerate(d.ids):
+            row = {a: pr[a][i] for a in names}
+            if d.kind == "text":
+                tprobs[(d.catalog, pid)] = (pid, d.labels[i], row)
+            else:
+                iprobs[(d.catalog, pid)] = row
+    labels = {k: v[1] for k, v in tprobs.items()}
+    ens = Ensemble()
+    thresholds: dict[str, dict[str, float]] = {}
+    metrics: dict[str, Any] = {}
+    for j, a in enumerate(names):
+        ens.params[a] = {}
+        thresholds[a] = {}
+        metrics[a] = {}
+        keys_t = [k for k in tprobs if labels[k][j] >= 0]
+        keys_b = [k for k in keys_t if k in iprobs]
+        # image-only rows: photos whose product has no text, or any photo (image mode is also used when the
+        # text is empty at serving time), so fit on all labelled photos
+        keys_i = [k for k in iprobs if k in labels and labels[k][j] >= 0]
+        for mode, keys in (("text", keys_t), ("image", keys_i), ("both", keys_b)):
+            if len(keys) < 5:
+                ens.params[a][mode] = FusionParams(bias=None)
+                thresholds[a][mode] = 0.5
+                continue
+            y = np.array([labels[k][j] for k in keys])
+            pt = np.stack([tprobs[k][2][a] for k in keys]) if mode in ("text", "both") else None
+            pi = np.stack([iprobs[k][a] for k in keys]) if mode in ("image", "both") else None
+            params = fit_fusion(pt, pi, y)
+            ens.params[a][mode] = params
+            fused = np.stack([
+                ens.fuse(a, None if pt is None else pt[r], None if pi is None else pi[r])[0] for r in range(len(y))
+            ])
+            conf, pred = fused.max(1), fused.argmax(1)
+            correct = (pred == y).astype(np.float64)
+            thr = choose_threshold(conf, correct, target_precision)
+            thresholds[a][mode] = thr
+            prec, cov = precision_coverage(conf, correct, thr, len(y))
+            metrics[a][mode] = {"n": len(y), "accuracy": float(correct.mean()), "precision": prec, "coverage": cov,
+                                "text_weight": params.text_weight, "image_weight": params.image_weight}
+    return ens, thresholds, metrics
+
+
+#: The demo bundle's configuration: small enough for ~2-3 minutes on 2 CPU cores, same code path as any run.
+DEMO_CONFIG: dict[str, Any] = {
+    "image_backbone": "efficientnet-lite0",
+    "image_size": 128,
+    "text_train_layers": 1,
+    "text_max_len": 64,
+    "wide_buckets": 1 << 15,
+    "epochs": 12,
+    "max_minutes": 4.0,
+    "batch_size": 32,
+    "min_class_count": 5,
+}
+
+
+def train_demo_bundle(styles: str | Path, out: str | Path, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Train the demo bundle with ``enrich train`` (``train_command``) on a small (synthetic) catalog.
+
+    Equivalent CLI: ``enrich train --catalog STYLES --out OUT --image-size 128 --text-max-len 64
+    --wide-buckets 32768 --epochs 12 --max-minutes 4 --batch-size 32 --min-class-count 5``.
+    """
+    return train_command(catalog=[str(styles)], out=str(out), name="enrich-demo", seed=seed, progress=progress,
+                         **DEMO_CONFIG)

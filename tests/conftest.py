@@ -1,0 +1,50 @@
+"""Shared pytest fixtures: a real tansu broker, a synthetic catalog and a loopback image server.
+
+Session-scoped where start-up costs something (broker ~0.2 s, catalog ~2 s), so the whole suite pays once;
+tests isolate themselves with unique topic and group names instead of fresh brokers. Add new shared
+fixtures in their own section below, one job each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from consumer.embedded_broker import EmbeddedBroker
+from consumer.image_server import ImageServer
+from models.catalog.synthetic import generate_catalog
+
+#: Big enough for the end-to-end tests (they take up to 180 products) and every article/pattern to appear.
+SAMPLE_PRODUCTS = 240
+SAMPLE_SEED = 7
+
+
+# ------------------------------------------------------------------------------------------ broker
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    """One in-memory tansu broker for the session; use unique topic/group names per test."""
+    with EmbeddedBroker() as embedded:
+        yield embedded
+
+
+# ----------------------------------------------------------------------------------------- catalogs
+@pytest.fixture(scope="session")
+def sample_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """styles.csv of a synthetic catalog (seed 7, 240 products, 256 px photos) shared by the session."""
+    return generate_catalog(tmp_path_factory.mktemp("sample-catalog"), n_products=SAMPLE_PRODUCTS, seed=SAMPLE_SEED)
+
+
+@pytest.fixture
+def tmp_catalog(tmp_path: Path) -> Path:
+    """A small, private synthetic catalog (30 products, 96 px photos) a test may modify."""
+    return generate_catalog(tmp_path / "catalog", n_products=30, seed=11, image_size=96)
+
+
+# -------------------------------------------------------------------------------------- image server
+@pytest.fixture(scope="session")
+def image_server(sample_catalog: Path) -> Iterator[ImageServer]:
+    """Loopback HTTP server for ``sample_catalog``'s photos (``base_url + /images/<id>.jpg``)."""
+    with ImageServer(sample_catalog.parent / "images") as server:
+        yield server

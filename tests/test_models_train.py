@@ -1,0 +1,72 @@
+"""A short real training run on tiny data: the loss goes down, the bundle loads, evaluation reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from models.bundle import Bundle
+from models.catalog.synthetic import generate_catalog
+from models.evaluate import evaluate_command
+from models.testing import tiny_bert_dir
+from models.train import train_command
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    tmp = tmp_path_factory.mktemp("train")
+    styles = generate_catalog(tmp / "cat", n_products=120, seed=3, image_size=64)
+    enc = tiny_bert_dir(tmp / "bert")
+    kw = dict(catalog=[str(styles)], out=str(tmp / "bundle"), image_backbone="tiny", image_size=32,
+              text_encoder=str(enc), text_train_layers=1, text_max_len=32, wide_buckets=1 << 10,
+              batch_size=16, lr=3e-3, trunk_lr=1e-3, min_class_count=3, progress=False, threads=1, seed=1)
+    train_command(**kw, epochs=2)  # then resume from its checkpoint for the remaining epochs
+    summary = train_command(**kw, epochs=5)
+    return styles, tmp / "bundle", summary
+
+
+def test_training_lowers_the_loss_and_resumes(trained: tuple[Path, Path, dict]) -> None:
+    _, bundle, summary = trained
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    hist = manifest["training"]["history"]
+    assert [h["epoch"] for h in hist] == [0, 1, 2, 3, 4]  # epochs 0-1 from the first run, 2-4 resumed
+    for kind in ("text", "image"):
+        assert hist[-1]["train_loss"][kind] < hist[0]["train_loss"][kind]
+        assert min(h[f"val_loss_{kind}"] for h in hist) < hist[0][f"val_loss_{kind}"]
+    assert "pattern" in summary["attributes"] and "color" in summary["attributes"]
+    assert set(manifest["thresholds"]["color"]) == {"both", "text", "image"}
+    assert manifest["split"]["seed"] == 1
+
+
+def test_bundle_serves_and_evaluates(trained: tuple[Path, Path, dict], tmp_path: Path) -> None:
+    styles, bundle, _ = trained
+    b = Bundle.load(bundle, device="cpu")
+    assert b.attributes == json.loads((bundle / "manifest.json").read_text())["attributes"]
+    report = evaluate_command(bundle=str(bundle), catalog=str(styles), json_out=str(tmp_path / "r.json"),
+                              progress=False, baseline=True)
+    assert report["catalog"]["split"] == "test"
+    for attr, mods in report["attributes"].items():
+        assert attr in b.attributes
+        for m in ("image", "text", "ensemble"):
+            r = mods[m]
+            assert {"n", "accuracy", "macro_f1", "precision", "coverage"} <= set(r)
+            assert all(0.0 <= r[k] <= 1.0 for k in ("accuracy", "macro_f1", "precision", "coverage"))
+    assert json.loads((tmp_path / "r.json").read_text())["bundle"]["version"] == b.version
+    assert (tmp_path / "r_plots" / "color_confusion.png").is_file()
+    assert (tmp_path / "r_plots" / "color_precision_coverage.png").is_file()
+
+
+def test_evaluate_other_catalog_with_missing_and_odd_photos(trained: tuple[Path, Path, dict], tmp_path: Path) -> None:
+    _styles, bundle, _ = trained
+    other = generate_catalog(tmp_path / "other", n_products=30, seed=11, image_size=90)  # another shape/size
+    imgs = sorted((other.parent / "images").glob("*.jpg"))
+    imgs[0].unlink()  # a product whose photo is missing
+    imgs[1].write_bytes(b"not a jpeg")  # and one whose photo is broken
+    report = evaluate_command(bundle=str(bundle), catalog=str(other), progress=False, baseline=False,
+                              strip_color_words=True)
+    assert report["catalog"]["split"] == "all" and report["catalog"]["rows"] == 30
+    r = report["attributes"]["color"]
+    assert r["image"]["n_input"] < r["text"]["n_input"] == r["ensemble"]["n_input"]
+    assert r["image"]["coverage"] <= r["image"]["n_input"] / r["image"]["n"] + 1e-9
