@@ -356,6 +356,7 @@ class EnrichService:
     # ------------------------------------------------------------------ rebalance callbacks (kafka thread)
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         metrics.REBALANCES.labels(kind="assign").inc()
+        self._last_activity = time.monotonic()  # idle time counts from when there is work to wait for
         for tp in partitions:
             key = (tp.topic, tp.partition)
             self._assigned.add(key)

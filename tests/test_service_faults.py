@@ -58,6 +58,17 @@ def _produce(bootstrap: str, topic: str, events: list[dict], tmp_path: Path) -> 
     return produce_jsonl(bootstrap, topic, feed)
 
 
+def _feeder(bootstrap: str, topic: str, events: list[dict], tmp_path: Path) -> threading.Thread:
+    """A steady feed (20 events every 0.4 s), so that stops and rebalances happen mid-stream."""
+
+    def stream() -> None:
+        for start in range(0, len(events), 20):
+            _produce(bootstrap, topic, events[start : start + 20], tmp_path)
+            time.sleep(0.4)
+
+    return threading.Thread(target=stream, daemon=True)
+
+
 def _count_outputs(bootstrap: str, topic: str, expected: int, timeout: float) -> int:
     return len(read_all(bootstrap, topic, expected=expected, timeout=timeout))
 
@@ -99,13 +110,7 @@ def test_member_joining_and_leaving_mid_stream_loses_nothing(
     group = f"g-{topics[0]}"
     events = _events(sample_catalog, image_server.base_url, 360)
     env = enrich_env(broker.bootstrap_servers, topics, tiny_bundle, group)
-
-    def stream() -> None:  # a steady feed, so the rebalances happen mid-stream
-        for start in range(0, len(events), 20):
-            _produce(broker.bootstrap_servers, topics[0], events[start : start + 20], tmp_path)
-            time.sleep(0.4)
-
-    feeder = threading.Thread(target=stream)
+    feeder = _feeder(broker.bootstrap_servers, topics[0], events, tmp_path)
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
     first = start_enrich(env, log_a)
     feeder.start()
@@ -118,7 +123,7 @@ def test_member_joining_and_leaving_mid_stream_loses_nothing(
     assert wait_exit(second, 240, log_b) == 0, tail(log_b)
 
     outputs = read_all(broker.bootstrap_servers, topics[1], expected=len(events), timeout=60)
-    ends = end_offsets(broker.bootstrap_servers, topics[0], range(4))
+    ends = end_offsets(broker.bootstrap_servers, topics[0], expected=len(events))
     expected = {(p, o) for p, end in ends.items() for o in range(end)}
     got = Counter(source_coordinates(outputs))
     assert expected - set(got) == set(), "events lost across rebalances"
@@ -133,10 +138,11 @@ def test_sigterm_mid_stream_exits_in_grace_and_restart_has_no_duplicates(
     topics = _topics("sigterm", broker.bootstrap_servers, partitions=3)
     group = f"g-{topics[0]}"
     events = _events(sample_catalog, image_server.base_url, 400)
-    _produce(broker.bootstrap_servers, topics[0], events, tmp_path)
+    feeder = _feeder(broker.bootstrap_servers, topics[0], events, tmp_path)
     env = enrich_env(broker.bootstrap_servers, topics, tiny_bundle, group, ENRICH_SHUTDOWN_GRACE_S=10)
     log = tmp_path / "first.log"
     proc = start_enrich(env, log)
+    feeder.start()
     assert _count_outputs(broker.bootstrap_servers, topics[1], 60, 120) >= 60, tail(log)
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
@@ -144,6 +150,7 @@ def test_sigterm_mid_stream_exits_in_grace_and_restart_has_no_duplicates(
     assert time.monotonic() - started < 10.0, "shutdown exceeded the grace period"
     partial = len(read_all(broker.bootstrap_servers, topics[1], expected=len(events), timeout=3))
     assert partial < len(events), "the stream was already finished before SIGTERM; the test proves nothing"
+    feeder.join()
 
     log2 = tmp_path / "second.log"
     assert wait_exit(start_enrich(env, log2, "--idle-exit-s", "4"), 240, log2) == 0, tail(log2)
