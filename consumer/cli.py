@@ -266,6 +266,123 @@ def demo(
     run_demo(catalog=catalog, bundle=bundle, products=products, cache=cache_dir, partitions=partitions, seed=seed)
 
 
+@app.command()
+def train(
+    catalog: Annotated[
+        list[Path], typer.Option(help="Kaggle-format styles.csv (or its directory); repeat for several datasets.")
+    ],
+    out: Annotated[Path, typer.Option(help="Bundle directory to write.")],
+    name: Annotated[str, typer.Option(help="Bundle name.")] = "enrich",
+    attribute: Annotated[
+        list[str] | None, typer.Option(help="Attribute to train (repeatable). Default: all the catalogs carry.")
+    ] = None,
+    image_backbone: Annotated[str, typer.Option(help="efficientnet-lite0 | resnet50 | tiny.")] = "efficientnet-lite0",
+    image_weights: Annotated[
+        Path | None, typer.Option(help="ImageNet weights file for resnet50 (default: $TORCH_HOME).")
+    ] = None,
+    image_size: Annotated[int, typer.Option(help="Side of both image views.")] = 192,
+    image_top_blocks: Annotated[int, typer.Option(help="Trailing backbone blocks fine-tuned; the rest is cached.")] = 1,
+    text_encoder: Annotated[
+        Path | None, typer.Option(help="Local Hugging Face BERT directory (default: packaged all-MiniLM-L6-v2).")
+    ] = None,
+    text_train_layers: Annotated[int, typer.Option(help="Top encoder layers fine-tuned; the rest is cached.")] = 1,
+    text_max_len: Annotated[int, typer.Option(help="Max tokens of title . brand . description.")] = 48,
+    wide_buckets: Annotated[int, typer.Option(help="Hashed word n-gram buckets of the text model; 0: none.")] = 131072,
+    epochs: Annotated[int, typer.Option(help="Max epochs.")] = 8,
+    max_minutes: Annotated[
+        float | None, typer.Option(help="Wall-clock budget; training stops early to meet it.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
+    lr: Annotated[float, typer.Option(help="Heads / dense / wide learning rate.")] = 1e-3,
+    trunk_lr: Annotated[float, typer.Option(help="Fine-tuned backbone and encoder layers learning rate.")] = 1e-4,
+    seed: Annotated[int, typer.Option(help="Split, init and batch order seed.")] = 0,
+    task_weights: Annotated[str | None, typer.Option(help='Task loss weights, e.g. "color=2,season=0.5".')] = None,
+    dataset_weights: Annotated[
+        str | None, typer.Option(help='Sampling weights per dataset, e.g. "0:text=1,0:image=2".')
+    ] = None,
+    min_class_count: Annotated[int, typer.Option(help='Values rarer than this merge into "other".')] = 20,
+    target_precision: Annotated[float, typer.Option(help="Per-attribute thresholds reach this precision.")] = 0.9,
+    max_products: Annotated[int | None, typer.Option(help="At most this many products per catalog.")] = None,
+    work_dir: Annotated[Path | None, typer.Option(help="Feature caches and checkpoints [<out>.work].")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the work dir's checkpoint.")] = True,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads [all cores].")] = None,
+    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
+) -> None:
+    """Train a model bundle (multi-data multi-task) on Kaggle-format and synthetic catalogs.
+
+    Each catalog's text rows and photo rows are separate datasets; batches are drawn across them with
+    weights, each task's loss counts only where its label exists, and products are split by id.
+    """
+    from models.train import train_command
+
+    summary = train_command(
+        catalog=[str(c) for c in catalog],
+        out=str(out),
+        name=name,
+        attributes=attribute,
+        image_backbone=image_backbone,
+        image_weights=str(image_weights) if image_weights else None,
+        image_size=image_size,
+        image_top_blocks=image_top_blocks,
+        text_encoder=str(text_encoder) if text_encoder else None,
+        text_train_layers=text_train_layers,
+        text_max_len=text_max_len,
+        wide_buckets=wide_buckets,
+        epochs=epochs,
+        max_minutes=max_minutes,
+        batch_size=batch_size,
+        lr=lr,
+        trunk_lr=trunk_lr,
+        seed=seed,
+        task_weights=task_weights,
+        dataset_weights=dataset_weights,
+        min_class_count=min_class_count,
+        target_precision=target_precision,
+        max_products=max_products,
+        work_dir=str(work_dir) if work_dir else None,
+        resume=resume,
+        device=device,
+        threads=threads,
+        progress=progress,
+    )
+    typer.echo(f"bundle {summary['bundle']} version {summary['version']} in {summary['seconds']:.0f}s")
+
+
+@app.command()
+def evaluate(
+    bundle: Annotated[Path, typer.Option(help="Trained bundle directory.")],
+    catalog: Annotated[Path, typer.Option(help="Kaggle-format styles.csv (or its directory).")],
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the JSON report here.")] = None,
+    plots: Annotated[
+        Path | None, typer.Option(help="Directory for PNG confusion matrices and precision-coverage curves.")
+    ] = None,
+    split: Annotated[
+        str, typer.Option(help="auto | test | val | train | all (auto: held-out test split of a training catalog).")
+    ] = "auto",
+    baseline: Annotated[bool, typer.Option(help="Also score a TF-IDF + logistic regression title baseline.")] = True,
+    strip_color_words: Annotated[bool, typer.Option(help="Remove every colour word from the text first.")] = False,
+    max_products: Annotated[int | None, typer.Option(help="Score at most this many rows.")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
+) -> None:
+    """Per attribute, for image-only, text-only and the ensemble: accuracy, macro-F1, precision, coverage."""
+    from models.evaluate import evaluate_command
+
+    evaluate_command(
+        bundle=str(bundle),
+        catalog=str(catalog),
+        json_out=str(json_out) if json_out else None,
+        plots=str(plots) if plots else None,
+        split=split,
+        baseline=baseline,
+        strip_color_words=strip_color_words,
+        max_products=max_products,
+        device=device,
+        progress=progress,
+    )
+
+
 @app.command("sample-catalog")
 def sample_catalog(
     out: Annotated[Path, typer.Argument(help="Directory to write styles.csv and images/ into.")],

@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     ssl_ca_location: str | None = None
     kafka: dict[str, str] = Field(
         default_factory=dict,
+        repr=False,  # may hold sasl.password etc.; redacted() shows it masked
         description="Raw librdkafka settings passed to the consumer and producer, e.g. {'fetch.max.bytes': '5242880'}.",
     )
 

@@ -116,6 +116,7 @@ def save_bundle(
             "backbone": dict(image_backbone or {}),
             "hidden": image_model.hidden,
             "n_views": image_model.n_views,
+            "pixel_stats": image_model.pixel_stats,
             "num_classes": {a: int(h.out_features) for a, h in image_model.heads.items()},
             "preprocess": (image_preprocess or ImagePreprocess()).to_json(),
         },
@@ -177,7 +178,8 @@ class Bundle:
             bb = spec["backbone"]
             backbone = build_backbone(bb["name"], pretrained=False, top_blocks=int(bb.get("top_blocks", 1)))
             image_model = MultiTaskImageModel(backbone, spec["num_classes"], hidden=int(spec["hidden"]),
-                                              n_views=int(spec["n_views"]))
+                                              n_views=int(spec["n_views"]),
+                                              pixel_stats=int(spec.get("pixel_stats", 0)))
             _load_prefixed(image_model, tensors, "image.")
             image_model.to(dev).eval()
             if dev.type == "cuda":

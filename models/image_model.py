@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -215,8 +216,12 @@ def build_backbone(
 class MultiTaskImageModel(nn.Module):
     """Shared backbone over ``n_views`` views -> concat -> dense -> one head per attribute.
 
-    ``forward(views)`` takes ``[B, V, 3, H, W]``; ``forward_bottom_features(feats)`` takes cached bottom
+    ``forward(views)`` takes ``[B, V, 3, H, W]``; ``forward_bottom_features(feats, stats)`` takes cached bottom
     outputs ``[B, V, C, h, w]`` (the cached-feature training path). Both return ``{attr: logits [B, K]}``.
+
+    ``pixel_stats=g`` also feeds each view's ``g x g`` average-pooled pixels (``3 g^2`` numbers) to the dense
+    layer. Why: ImageNet trunks are trained with colour jitter and learn to ignore hue, exactly the signal the
+    colour head needs; a coarse thumbnail hands it back for free.
     """
 
     def __init__(
@@ -226,16 +231,18 @@ class MultiTaskImageModel(nn.Module):
         hidden: int = 512,
         dropout: float = 0.3,
         n_views: int = 2,
+        pixel_stats: int = 0,
     ) -> None:
         super().__init__()
         self.backbone_name = backbone.name
         self.n_views = n_views
         self.hidden = hidden
+        self.pixel_stats = pixel_stats
         self.bottom = backbone.bottom
         self.top = backbone.top
+        width = (backbone.dim + 3 * pixel_stats * pixel_stats) * n_views
         self.dense = nn.Sequential(
-            nn.Dropout(dropout), nn.Linear(backbone.dim * n_views, hidden), nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
+            nn.Dropout(dropout), nn.Linear(width, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
         )
         self.heads = nn.ModuleDict({a: nn.Linear(hidden, k) for a, k in num_classes.items()})
 
@@ -245,15 +252,25 @@ class MultiTaskImageModel(nn.Module):
             raise ValueError(f"head {attribute!r} exists")
         self.heads[attribute] = nn.Linear(self.hidden, n_classes)
 
-    def _heads(self, pooled: torch.Tensor, batch: int) -> dict[str, torch.Tensor]:
-        z = self.dense(pooled.reshape(batch, -1))
-        return {a: h(z) for a, h in self.heads.items()}
+    def view_stats(self, views: torch.Tensor) -> torch.Tensor | None:
+        """``[B, V, 3 g^2]`` pooled pixels of the (normalised) views, or ``None`` when disabled."""
+        if not self.pixel_stats:
+            return None
+        b, v = views.shape[:2]
+        x = F.adaptive_avg_pool2d(views.reshape(b * v, *views.shape[2:]).float(), self.pixel_stats)
+        return x.reshape(b, v, -1)
 
-    def forward_bottom_features(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Logits from cached bottom features ``[B, V, C, h, w]``."""
+    def forward_bottom_features(self, feats: torch.Tensor, stats: torch.Tensor | None = None
+                                ) -> dict[str, torch.Tensor]:
+        """Logits from cached bottom features ``[B, V, C, h, w]`` (+ pixel stats ``[B, V, 3 g^2]``)."""
         b, v = feats.shape[:2]
-        pooled = self.top(feats.reshape(b * v, *feats.shape[2:]))
-        return self._heads(pooled, b)
+        pooled = self.top(feats.reshape(b * v, *feats.shape[2:])).reshape(b, v, -1)
+        if self.pixel_stats:
+            if stats is None:
+                raise ValueError("this model uses pixel stats: pass stats")
+            pooled = torch.cat([pooled, stats.to(pooled.dtype)], dim=2)
+        z = self.dense(pooled.reshape(b, -1))
+        return {a: h(z) for a, h in self.heads.items()}
 
     def bottom_features(self, views: torch.Tensor) -> torch.Tensor:
         """Bottom outputs ``[B, V, C, h, w]`` for caching."""
@@ -263,4 +280,4 @@ class MultiTaskImageModel(nn.Module):
 
     def forward(self, views: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits ``{attr: [B, K]}`` from views ``[B, V, 3, H, W]``."""
-        return self.forward_bottom_features(self.bottom_features(views))
+        return self.forward_bottom_features(self.bottom_features(views), self.view_stats(views))

@@ -64,6 +64,7 @@ class TaskData:
     feats: np.ndarray  # text: [N, T, H] fp16; image: [N, V, C, h, w] fp16
     mask: np.ndarray | None = None  # text attention mask [N, T]
     texts: list[str] = field(default_factory=list)
+    stats: np.ndarray | None = None  # image pixel stats [N, V, 3 g^2]
 
 
 def parse_weights(spec: str | Mapping[str, float] | None) -> dict[str, float]:
@@ -155,15 +156,21 @@ def cache_text_features(model: MultiTaskTextModel, tokenizer: Any, texts: Sequen
 
 def cache_image_features(model: MultiTaskImageModel, preprocess: ImagePreprocess, paths: Sequence[Path | None],
                          device: torch.device, cache_dir: Path, tag: str, batch_size: int = 32,
-                         progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """CNN bottom outputs for both views of every photo ``[N, V, C, h, w]`` (fp16) + an ``ok`` mask."""
+                         progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """CNN bottom outputs for both views of every photo ``[N, V, C, h, w]`` (fp16), an ``ok`` mask, and the
+    pixel stats ``[N, V, 3 g^2]`` when the model uses them. Stats are cached apart from the CNN features, so
+    turning them on later costs a decode pass, not a CNN pass."""
     key = _key("image", tag, preprocess.to_json(), [str(p) for p in paths])
     ff, fo = cache_dir / f"image-{key}.npy", cache_dir / f"image-{key}-ok.npy"
-    if ff.exists() and fo.exists():
-        return np.load(ff), np.load(fo)
+    g = model.pixel_stats
+    fs = cache_dir / f"image-{key}-stats{g}.npy"
+    have_cnn = ff.exists() and fo.exists()
+    if have_cnn and (not g or fs.exists()):
+        return np.load(ff), np.load(fo), (np.load(fs) if g else None)
     model.eval()
-    feats: np.ndarray | None = None
-    ok = np.zeros(len(paths), dtype=bool)
+    feats: np.ndarray | None = np.load(ff) if have_cnn else None
+    ok = np.load(fo) if have_cnn else np.zeros(len(paths), dtype=bool)
+    stats = np.zeros((len(paths), model.n_views, 3 * g * g), dtype=np.float32) if g else None
 
     def prep(i: int) -> torch.Tensor | None:
         im = load_image(paths[i], preprocess.decode_size)
@@ -177,18 +184,27 @@ def cache_image_features(model: MultiTaskImageModel, preprocess: ImagePreprocess
             good = [(i, v) for i, v in zip(b, views, strict=True) if v is not None]
             if not good:
                 continue
-            x = torch.stack([v for _, v in good]).to(device)
-            f = model.bottom_features(x).float().cpu().numpy().astype(np.float16)
+            idx = [i for i, _ in good]
+            x = torch.stack([v for _, v in good])
+            if stats is not None:
+                st = model.view_stats(x)
+                assert st is not None
+                stats[idx] = st.numpy()
+            if have_cnn:
+                continue
+            f = model.bottom_features(x.to(device)).float().cpu().numpy().astype(np.float16)
             if feats is None:
                 feats = np.zeros((len(paths), *f.shape[1:]), dtype=np.float16)
-            idx = [i for i, _ in good]
             feats[idx] = f
             ok[idx] = True
     if feats is None:
         feats = np.zeros((len(paths), 1), dtype=np.float16)
-    np.save(ff, feats)
-    np.save(fo, ok)
-    return feats, ok
+    if not have_cnn:
+        np.save(ff, feats)
+        np.save(fo, ok)
+    if stats is not None:
+        np.save(fs, stats)
+    return feats, ok, stats
 
 
 # --- batches ---------------------------------------------------------------------------------------------
@@ -209,7 +225,8 @@ def _text_logits(model: MultiTaskTextModel, d: TaskData, idx: np.ndarray, device
 def _image_logits(model: MultiTaskImageModel, d: TaskData, idx: np.ndarray, device: torch.device
                   ) -> dict[str, torch.Tensor]:
     x = torch.from_numpy(d.feats[idx].astype(np.float32)).to(device)
-    return model.forward_bottom_features(x)
+    st = None if d.stats is None else torch.from_numpy(d.stats[idx]).to(device)
+    return model.forward_bottom_features(x, st)
 
 
 def _targets(d: TaskData, idx: np.ndarray, names: Sequence[str], device: torch.device) -> dict[str, torch.Tensor]:
@@ -313,6 +330,7 @@ def train_command(
     image_weights: str | None = None,
     image_size: int = 192,
     image_top_blocks: int = 1,
+    image_pixel_stats: int = 4,
     text_encoder: str | None = None,
     text_train_layers: int = 1,
     text_max_len: int = 48,
@@ -347,6 +365,7 @@ def train_command(
       --image-weights FILE         ImageNet weights file for resnet50 [$TORCH_HOME]
       --image-size INT             side of both image views [192]
       --image-top-blocks INT       trailing backbone blocks fine-tuned (the rest is frozen, cached) [1]
+      --image-pixel-stats INT      also feed each view's GxG average-pooled pixels to the heads, 0 disables [4]
       --text-encoder DIR           local Hugging Face BERT directory [packaged all-MiniLM-L6-v2]
       --text-train-layers INT      top encoder layers fine-tuned (the rest is frozen, cached) [1]
       --text-max-len INT           max tokens of title . brand . description [48]
@@ -399,7 +418,7 @@ def train_command(
 
     # 2. models
     backbone = build_backbone(image_backbone, pretrained=True, top_blocks=image_top_blocks, weights=image_weights)
-    image_model = MultiTaskImageModel(backbone, ncls).to(dev)
+    image_model = MultiTaskImageModel(backbone, ncls, pixel_stats=image_pixel_stats).to(dev)
     preprocess = ImagePreprocess(size=image_size)
     enc_dir = Path(text_encoder) if text_encoder else default_encoder_dir()
     encoder = load_encoder(enc_dir, pretrained=True)
@@ -426,13 +445,13 @@ def train_command(
                                             texts))
             ip = [p for p in prods if p.image is not None]
             if ip:
-                f, ok = cache_image_features(image_model, preprocess, [p.image for p in ip], dev, cache_dir,
+                f, ok, st = cache_image_features(image_model, preprocess, [p.image for p in ip], dev, cache_dir,
                                              f"{ci}-{split}-{image_backbone}-{image_top_blocks}", progress=progress)
                 keep = np.nonzero(ok)[0]
                 if len(keep):
                     ipk = [ip[i] for i in keep]
                     data[split].append(TaskData("image", ci, [p.id for p in ipk], encode_labels(ipk, taxonomy),
-                                                f[keep]))
+                                                f[keep], stats=None if st is None else st[keep]))
     t_cache = time.monotonic() - t0
 
     # 4. training
@@ -461,7 +480,7 @@ def train_command(
     history: list[dict[str, Any]] = []
     start_epoch = 0
     ckpt = work / "checkpoint.safetensors"
-    run_key = _key(list(catalog), names, image_backbone, image_size, image_top_blocks, str(enc_dir),
+    run_key = _key(list(catalog), names, image_backbone, image_size, image_top_blocks, image_pixel_stats, str(enc_dir),
                    text_train_layers, wide_buckets, batch_size, seed, max_products, task_weights, dataset_weights)
     if resume and ckpt.exists():
         meta = json.loads(ckpt.with_suffix(".json").read_text())

@@ -227,3 +227,36 @@ def test_metrics_and_health_endpoints_over_http(broker, tiny_bundle, sample_cata
         assert wait_exit(proc, 30, log) == 0, tail(log)
     lines = [orjson.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     assert lines and all("timestamp" in rec and "level" in rec for rec in lines)
+
+
+def test_exactly_once_mode_outputs_each_event_once_with_offsets_in_the_transaction(
+    broker, tiny_bundle, sample_catalog, image_server, tmp_path
+) -> None:
+    topics = _topics("eos", broker.bootstrap_servers, partitions=2)
+    group = f"g-{topics[0]}"
+    events = _events(sample_catalog, image_server.base_url, 240)
+    feeder = _feeder(broker.bootstrap_servers, topics[0], events, tmp_path)
+    env = enrich_env(
+        broker.bootstrap_servers,
+        topics,
+        tiny_bundle,
+        group,
+        ENRICH_EXACTLY_ONCE="true",
+        ENRICH_TRANSACTIONAL_ID=f"tx-{topics[0]}",
+        ENRICH_SHUTDOWN_GRACE_S=10,
+    )
+    log = tmp_path / "first.log"
+    proc = start_enrich(env, log)
+    feeder.start()
+    assert _count_outputs(broker.bootstrap_servers, topics[1], 40, 120) >= 40, tail(log)
+    proc.send_signal(signal.SIGTERM)  # stop mid-stream, then resume from the transactionally committed offsets
+    assert wait_exit(proc, 30, log) == 0, tail(log)
+    feeder.join()
+    log2 = tmp_path / "second.log"
+    assert wait_exit(start_enrich(env, log2, "--idle-exit-s", "4"), 240, log2) == 0, tail(log2)
+    outputs = read_all(broker.bootstrap_servers, topics[1], expected=len(events), timeout=60)  # read_committed
+    counts = Counter(source_coordinates(outputs))
+    assert len(counts) == len(events), "events lost"
+    assert [c for c, n in counts.items() if n > 1] == [], "duplicates visible to read_committed readers"
+    ends = end_offsets(broker.bootstrap_servers, topics[0], expected=len(events))
+    assert committed(broker.bootstrap_servers, group, topics[0], range(2)) == ends
