@@ -197,7 +197,14 @@ def test_metrics_and_health_endpoints_over_http(broker, tiny_bundle, sample_cata
     events[0]["image_urls"] = [image_server.base_url + "/images/missing.jpg"]
     _produce(broker.bootstrap_servers, topics[0], events, tmp_path)
     log = tmp_path / "enrich.log"
-    proc = start_enrich(enrich_env(broker.bootstrap_servers, topics, tiny_bundle, f"g-{topics[0]}"), log)
+    env = enrich_env(
+        broker.bootstrap_servers,
+        topics,
+        tiny_bundle,
+        f"g-{topics[0]}",
+        ENRICH_KAFKA='{"session.timeout.ms": "6000", "statistics.interval.ms": "500"}',
+    )
+    proc = start_enrich(env, log)
     try:
         port = http_port_from_log(log)
         assert http_get(f"http://127.0.0.1:{port}/livez")[0] == 200
@@ -222,6 +229,8 @@ def test_metrics_and_health_endpoints_over_http(broker, tiny_bundle, sample_cata
         assert any(k.startswith("enrich_model_info{") and "version=" in k for k in metrics)
         assert metrics['enrich_commits_total{outcome="ok"}'] >= 1
         assert any(k.startswith("enrich_end_to_end_seconds_count") for k in metrics)
+        lag = {k: v for k, v in metrics.items() if k.startswith("enrich_consumer_lag_messages{")}
+        assert len(lag) == 2 and all(v == 0 for v in lag.values()), lag  # from librdkafka statistics
     finally:
         proc.send_signal(signal.SIGTERM)
         assert wait_exit(proc, 30, log) == 0, tail(log)
@@ -260,3 +269,14 @@ def test_exactly_once_mode_outputs_each_event_once_with_offsets_in_the_transacti
     assert [c for c, n in counts.items() if n > 1] == [], "duplicates visible to read_committed readers"
     ends = end_offsets(broker.bootstrap_servers, topics[0], expected=len(events))
     assert committed(broker.bootstrap_servers, group, topics[0], range(2)) == ends
+
+
+def test_mostly_invalid_input_stops_the_consumer_loudly(broker, tiny_bundle, tmp_path) -> None:
+    topics = _topics("dlqrate", broker.bootstrap_servers, partitions=1)
+    feed = tmp_path / "garbage.jsonl"
+    feed.write_bytes(b"\n".join(b"{broken %d" % i for i in range(120)) + b"\n")
+    produce_jsonl(broker.bootstrap_servers, topics[0], feed)
+    log = tmp_path / "enrich.log"
+    env = enrich_env(broker.bootstrap_servers, topics, tiny_bundle, f"g-{topics[0]}", ENRICH_DLQ_WINDOW=20)
+    assert wait_exit(start_enrich(env, log), 120, log) == 3, tail(log)
+    assert "dead-letter rate exceeded" in log.read_text()
