@@ -195,7 +195,7 @@ def run_demo(
     """Run the demo; returns the summary (also printed)."""
     from consumer.logs import configure_logging
 
-    configure_logging("WARNING", "console")
+    configure_logging("ERROR", "console")  # expected dead letters are in the summary, not in the log
     wall_start = time.perf_counter()
     cache.mkdir(parents=True, exist_ok=True)
     styles = catalog or ensure_sample_catalog(cache)
@@ -257,11 +257,19 @@ def run_demo(
             if b is not None
         },
     }
-    _print_summary(summary, enriched[:show])
+    _print_summary(summary, _examples(enriched, show))
     missing = plan.valid + plan.deletes - len(outputs)
     if missing or len(dead) != plan.invalid:
         raise RuntimeError(f"demo incomplete: {missing} outputs missing, {len(dead)}/{plan.invalid} dead letters")
     return summary
+
+
+def _examples(enriched: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """A few telling events: one enriched from image and text, one whose image failed, then the rest."""
+    with_image = [e for e in enriched if "image" in e["modalities"]]
+    failed_image = [e for e in enriched if any(i["status"] != "ok" for i in e["images"])]
+    picks = with_image[:1] + failed_image[:1] + with_image[1:]
+    return picks[:count]
 
 
 def _mean(values: list[int]) -> float:
