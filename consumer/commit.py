@@ -30,7 +30,13 @@ def _as_topic_partitions(offsets: dict[TopicPartitionKey, int]) -> list[TopicPar
 
 
 class OffsetCommitter:
-    """Commits what the tracker allows. Call plain commits from the thread that owns the consumer."""
+    """Commits what the tracker allows.
+
+    Threading contract: the tracker belongs to the asyncio loop thread, the consumer to the kafka thread.
+    So a plain commit is three steps: :meth:`pending` on the loop, :meth:`commit_offsets` on the kafka
+    thread, :meth:`mark_committed` on the loop. :meth:`commit_transaction` runs wholly on the loop thread,
+    where the transactional producer is used, so nothing is produced while a transaction commits.
+    """
 
     def __init__(self, consumer: Consumer, producer: Producer, tracker: OffsetTracker, *, transactional: bool) -> None:
         self._consumer = consumer
@@ -38,36 +44,36 @@ class OffsetCommitter:
         self._tracker = tracker
         self.transactional = transactional
 
-    def commit(self, partitions: set[TopicPartitionKey] | None = None) -> dict[TopicPartitionKey, int]:
-        """Commit the committable offsets (of ``partitions`` only, when given); returns what was committed."""
-        if self.transactional:
-            return self._commit_transaction(partitions)
-        offsets = self._select(partitions)
-        if not offsets:
-            return {}
-        try:
-            self._consumer.commit(offsets=_as_topic_partitions(offsets), asynchronous=False)
-        except KafkaException as exc:
-            metrics.COMMITS.labels(outcome="error").inc()
-            raise CommitFailed(f"offset commit failed: {exc}") from exc
-        self._tracker.mark_committed(offsets)
-        metrics.COMMITS.labels(outcome="ok").inc()
-        log.debug("committed", offsets={f"{t}/{p}": o for (t, p), o in offsets.items()})
-        return offsets
-
-    def _select(self, partitions: set[TopicPartitionKey] | None) -> dict[TopicPartitionKey, int]:
+    def pending(self, partitions: set[TopicPartitionKey] | None = None) -> dict[TopicPartitionKey, int]:
+        """Committable offsets (of ``partitions`` only, when given) that are ahead of the last commit."""
         offsets = self._tracker.committable()
         if partitions is not None:
             offsets = {tp: o for tp, o in offsets.items() if tp in partitions}
         return offsets
 
-    def _commit_transaction(self, partitions: set[TopicPartitionKey] | None) -> dict[TopicPartitionKey, int]:
+    def commit_offsets(self, offsets: dict[TopicPartitionKey, int]) -> None:
+        """Synchronous ``Consumer.commit``; call it on the thread that owns the consumer."""
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(offsets=_as_topic_partitions(offsets), asynchronous=False)
+        except KafkaException as exc:
+            metrics.COMMITS.labels(outcome="error").inc()
+            raise CommitFailed(f"offset commit failed: {exc}") from exc
+        metrics.COMMITS.labels(outcome="ok").inc()
+        log.debug("committed", offsets={f"{t}/{p}": o for (t, p), o in offsets.items()})
+
+    def mark_committed(self, offsets: dict[TopicPartitionKey, int]) -> None:
+        self._tracker.mark_committed(offsets)
+
+    def commit_transaction(self, partitions: set[TopicPartitionKey] | None = None) -> dict[TopicPartitionKey, int]:
+        """Exactly-once: flush, put the offsets into the transaction, commit it and begin the next one."""
         # Flushing first delivers everything produced in this transaction, so the tracker's offsets
         # cover exactly the outputs the transaction holds (outputs are released in offset order).
         remaining = self._producer.flush(30)
         if remaining:
             raise CommitFailed(f"{remaining} messages still undelivered after flush; not committing")
-        offsets = self._select(partitions)
+        offsets = self.pending(partitions)
         try:
             if offsets:
                 self._producer.send_offsets_to_transaction(

@@ -265,20 +265,17 @@ class EnrichService:
             await asyncio.wait(pending, timeout=max(0.1, deadline - time.monotonic() - 1.0))
         await self._flush_producer(max(0.1, deadline - time.monotonic()))
         try:
-            if self.settings.exactly_once:
-                self._committer.commit()
-            else:
-                await self._kafka_call(self._committer.commit)
+            await self._commit()
         except CommitFailed as exc:
             log.error("final commit failed", error=str(exc))
             self._exit_code = self._exit_code or EXIT_FATAL
         for tasks in self._tasks.values():
             for task in tasks:
                 task.cancel()
+        await self._kafka_call(self._consumer.close)  # revokes: the callback commits what completed meanwhile
         if self.settings.exactly_once:
             with contextlib.suppress(Exception):
-                self._producer.abort_transaction(5)
-        await self._kafka_call(self._consumer.close)
+                self._producer.abort_transaction(5)  # the empty transaction begun by the last commit
         log.info("consumer closed")
 
     async def _flush_producer(self, timeout: float) -> None:
@@ -343,56 +340,90 @@ class EnrichService:
         assert self._committer is not None
         while not self._stop.is_set():
             await asyncio.sleep(self.settings.commit_interval_s)
-            if self.settings.exactly_once:
-                self._committer.commit()
-            else:
-                await self._kafka_call(self._committer.commit)
+            await self._commit()
             if self.settings.stop_after and self._committed_events() >= self.settings.stop_after:
                 self.request_stop(f"stop_after={self.settings.stop_after} reached")
+
+    async def _commit(self) -> None:
+        """Commit everything committable now (loop thread; the consumer call hops to the kafka thread)."""
+        assert self._committer is not None
+        if self.settings.exactly_once:
+            self._committer.commit_transaction()
+            return
+        offsets = self._committer.pending()
+        if offsets:
+            await self._kafka_call(self._committer.commit_offsets, offsets)
+            self._committer.mark_committed(offsets)
 
     def _committed_events(self) -> int:
         return self.counts["enriched"] + self.counts["tombstones"] + self.counts["dead_lettered"]
 
     # ------------------------------------------------------------------ rebalance callbacks (kafka thread)
+    # librdkafka calls these on the kafka thread, inside consume() or close(). All the state they touch
+    # belongs to the loop thread, so each one hands its work to the loop and waits for it; the loop is free
+    # to run it because it only ever awaits the kafka thread, never blocks on it.
+    def _on_loop(self, coro: Any, timeout: float) -> Any:
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=timeout)
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         metrics.REBALANCES.labels(kind="assign").inc()
-        self._last_activity = time.monotonic()  # idle time counts from when there is work to wait for
-        for tp in partitions:
-            key = (tp.topic, tp.partition)
-            self._assigned.add(key)
-            self._generation[key] = self._generation.get(key, 0) + 1
-        # Incremental assignment happens after this callback returns, so new partitions cannot be paused
-        # here; the poll loop pauses them on its next turn when backpressure is on.
-        self.health.assigned_partitions = len(self._assigned)
-        metrics.ASSIGNED_PARTITIONS.set(len(self._assigned))
-        log.info("partitions assigned", partitions=[f"{tp.topic}/{tp.partition}" for tp in partitions])
+        self._on_loop(self._assign({(tp.topic, tp.partition) for tp in partitions}), timeout=30)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         metrics.REBALANCES.labels(kind="revoke").inc()
+        assert self._committer is not None
         keys = {(tp.topic, tp.partition) for tp in partitions}
-        log.info("partitions revoked: draining", partitions=sorted(f"{t}/{p}" for t, p in keys))
-        assert self._loop is not None and self._committer is not None
-        future = asyncio.run_coroutine_threadsafe(self._drain(keys), self._loop)
         try:
-            future.result(timeout=self.settings.revoke_drain_timeout_s + 30)
-            if not self.settings.exactly_once:
-                self._committer.commit(keys)
+            offsets = self._on_loop(self._revoke(keys), timeout=self.settings.revoke_drain_timeout_s + 60)
+            self._committer.commit_offsets(offsets)  # on this (the consumer's) thread
         except Exception as exc:  # a failed commit on revoke means duplicates later, never loss
             log.warning("commit on revoke failed", error=str(exc))
-        self._forget(keys)
+            self._on_loop(self._forget(keys), timeout=30)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         metrics.REBALANCES.labels(kind="lost").inc()
         keys = {(tp.topic, tp.partition) for tp in partitions}
         log.warning("partitions lost: discarding their in-flight work", partitions=sorted(f"{t}/{p}" for t, p in keys))
-        assert self._loop is not None
-        for key in keys:
-            for task in self._tasks.get(key, ()):
-                self._loop.call_soon_threadsafe(task.cancel)
-        self._forget(keys)
+        self._on_loop(self._forget(keys), timeout=30)  # never commit: another member may own them already
 
-    def _forget(self, keys: set[TopicPartitionKey]) -> None:
+    async def _assign(self, keys: set[TopicPartitionKey]) -> None:
+        self._last_activity = time.monotonic()  # idle time counts from when there is work to wait for
         for key in keys:
+            self._assigned.add(key)
+            self._generation[key] = self._generation.get(key, 0) + 1
+        # Incremental assignment happens after the callback returns, so new partitions cannot be paused
+        # here; the poll loop pauses them on its next turn when backpressure is on.
+        self.health.assigned_partitions = len(self._assigned)
+        metrics.ASSIGNED_PARTITIONS.set(len(self._assigned))
+        log.info("partitions assigned", partitions=sorted(f"{t}/{p}" for t, p in keys))
+
+    async def _revoke(self, keys: set[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
+        """Let in-flight work of revoked partitions finish (bounded); returns the offsets to commit.
+
+        In exactly-once mode the offsets go into a transaction here instead, and nothing is returned.
+        """
+        log.info("partitions revoked: draining", partitions=sorted(f"{t}/{p}" for t, p in keys))
+        assert self._committer is not None
+        deadline = time.monotonic() + self.settings.revoke_drain_timeout_s
+        tasks = [t for key in keys for t in self._tasks.get(key, ())]
+        if tasks:
+            await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
+        while any(self.tracker.in_flight(k) for k in keys) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # delivery callbacks arrive through the producer poll loop
+        offsets: dict[TopicPartitionKey, int] = {}
+        if self.settings.exactly_once:
+            self._committer.commit_transaction(keys)
+        else:
+            offsets = self._committer.pending(keys)
+        await self._forget(keys)
+        return offsets
+
+    async def _forget(self, keys: set[TopicPartitionKey]) -> None:
+        """Drop revoked or lost partitions: cancel their work, discard results that arrive late."""
+        for key in keys:
+            for task in self._tasks.pop(key, set()):
+                task.cancel()
             self._assigned.discard(key)
             self.tracker.forget(key)
             self._generation[key] = self._generation.get(key, 0) + 1
@@ -400,20 +431,6 @@ class EnrichService:
             self._ready.pop(key, None)
         self.health.assigned_partitions = len(self._assigned)
         metrics.ASSIGNED_PARTITIONS.set(len(self._assigned))
-
-    async def _drain(self, keys: set[TopicPartitionKey]) -> None:
-        """Let in-flight work of revoked partitions finish (bounded), so their offsets can be committed."""
-        deadline = time.monotonic() + self.settings.revoke_drain_timeout_s
-        tasks = [t for key in keys for t in self._tasks.get(key, ())]
-        if tasks:
-            await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
-        while any(self.tracker.in_flight(k) for k in keys) and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)  # delivery callbacks arrive through the producer poll loop
-        for key in keys:
-            for task in self._tasks.get(key, ()):
-                task.cancel()
-        if self.settings.exactly_once and self._committer is not None:
-            self._committer.commit(keys)
 
     # ------------------------------------------------------------------ per-event work (loop thread)
     def _accept(self, message: Message) -> None:
@@ -426,6 +443,8 @@ class EnrichService:
             log.warning("consumer error", error=str(error))
             return
         key = (message.topic(), message.partition())
+        if key not in self._assigned:
+            return  # fetched before its partition was revoked; the new owner reads it again
         offset = message.offset()
         self.tracker.track(key, offset)
         self.counts["in"] += 1
