@@ -388,12 +388,24 @@ def sample_catalog(
     out: Annotated[Path, typer.Argument(help="Directory to write styles.csv and images/ into.")],
     products: Annotated[int, typer.Option(help="Number of products.")] = 600,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same catalog.")] = 7,
+    events: Annotated[
+        Path | None, typer.Option(help="Also write product-upsert events (JSON Lines) for `enrich produce` here.")
+    ] = None,
+    image_base_url: Annotated[
+        str, typer.Option(help="Where OUT is served over HTTP; image URLs are BASE/images/<id>.jpg.")
+    ] = "http://127.0.0.1:8000",
 ) -> None:
     """Generate the synthetic sample catalog (Kaggle 'Fashion Product Images' format) used by the demo."""
     from models.catalog.synthetic import generate_catalog
 
     styles = generate_catalog(out, n_products=products, seed=seed)
     typer.echo(f"wrote {styles}")
+    if events is not None:
+        from consumer.produce import events_from_catalog, write_jsonl
+        from models.catalog.kaggle import read_catalog
+
+        count = write_jsonl(events, events_from_catalog(read_catalog(styles), image_base_url.rstrip("/")))
+        typer.echo(f"wrote {count} product events to {events} (images at {image_base_url}/images/...)")
 
 
 def main() -> None:  # pragma: no cover - console entry point
