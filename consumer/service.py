@@ -165,6 +165,9 @@ class EnrichService:
         except (FatalError, CommitFailed) as exc:
             log.error("fatal error", error=str(exc))
             self._exit_code = EXIT_FATAL
+        except Exception as exc:  # e.g. an unreadable bundle: one clear log line, exit 1, let k8s restart us
+            log.exception("fatal error", error=f"{type(exc).__name__}: {exc}")
+            self._exit_code = EXIT_FATAL
         finally:
             heartbeat.cancel()
             await runner.cleanup()

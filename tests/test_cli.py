@@ -93,3 +93,15 @@ def test_settings_repr_never_shows_secrets() -> None:
     assert "s3cret" not in repr(settings)
     assert "s3cret" not in str(settings.redacted())
     assert settings.kafka_common()["sasl.password"] == "s3cret2"  # passthrough wins, for the client only
+
+
+def test_run_with_a_missing_bundle_exits_1_with_a_clear_log_line(tmp_path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "consumer", "run", "--bundle", str(tmp_path / "missing"), "--http-port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    fatal = [orjson.loads(line) for line in result.stdout.splitlines() if '"fatal error"' in line]
+    assert fatal and "manifest.json" in fatal[0]["error"]

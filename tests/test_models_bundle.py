@@ -123,3 +123,15 @@ def test_fusion_learns_to_trust_the_informative_modality() -> None:
     assert p.image_weight > p.text_weight
     thr = choose_threshold(np.array([0.9, 0.8, 0.7, 0.6]), np.array([1.0, 1.0, 0.0, 0.0]), 0.9, min_support=1)
     assert thr == 0.8
+
+
+def test_new_head_on_a_trained_trunk(bundle_dir: Path) -> None:
+    b = Bundle.load(bundle_dir, device="cpu")
+    assert b.image_model is not None and b.text_model is not None
+    b.image_model.add_head("pattern", 4)
+    b.text_model.add_head("pattern", 4)
+    with pytest.raises(ValueError):
+        b.image_model.add_head("pattern", 4)
+    with torch.inference_mode():
+        out = b.image_model(b.image_views(_photo(40, 40)).unsqueeze(0))
+    assert out["pattern"].shape == (1, 4) and out["color"].shape == (1, 3)
