@@ -14,27 +14,39 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 
 
+def fit_predict(
+    train_texts: Sequence[str], train_y: np.ndarray, test_texts: Sequence[str], c: float = 10.0,
+    max_iter: int = 300,
+) -> np.ndarray | None:
+    """Fit on titles (word 1-2 grams, sublinear tf; rows with label ``-1`` ignored), predict every test text.
+
+    ``None`` when the training labels have fewer than two classes.
+    """
+    tr = train_y >= 0
+    if len(np.unique(train_y[tr])) < 2:
+        return None
+    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1, lowercase=True)
+    xtr = vec.fit_transform([t for t, k in zip(train_texts, tr, strict=True) if k])
+    clf = LogisticRegression(C=c, max_iter=max_iter)
+    clf.fit(xtr, train_y[tr])
+    return np.asarray(clf.predict(vec.transform(list(test_texts))))
+
+
+def score(pred: np.ndarray | None, y: np.ndarray) -> dict[str, float]:
+    """Accuracy and macro-F1 over rows with a label (``y >= 0``)."""
+    m = y >= 0
+    if pred is None or m.sum() == 0:
+        return {"n": int(m.sum()), "accuracy": 0.0, "macro_f1": 0.0}
+    return {
+        "n": int(m.sum()),
+        "accuracy": float(accuracy_score(y[m], pred[m])),
+        "macro_f1": float(f1_score(y[m], pred[m], average="macro", labels=np.unique(y[m]))),
+    }
+
+
 def tfidf_logreg(
     train_texts: Sequence[str], train_y: np.ndarray, test_texts: Sequence[str], test_y: np.ndarray,
     c: float = 10.0, max_iter: int = 300,
 ) -> dict[str, float]:
-    """Fit on titles (word 1-2 grams, sublinear tf) and score accuracy / macro-F1 on the test rows.
-
-    Rows with label ``-1`` are ignored on both sides.
-    """
-    tr = train_y >= 0
-    te = test_y >= 0
-    if tr.sum() == 0 or te.sum() == 0 or len(np.unique(train_y[tr])) < 2:
-        return {"n": int(te.sum()), "accuracy": 0.0, "macro_f1": 0.0}
-    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1, lowercase=True)
-    xtr = vec.fit_transform([t for t, k in zip(train_texts, tr, strict=True) if k])
-    xte = vec.transform([t for t, k in zip(test_texts, te, strict=True) if k])
-    clf = LogisticRegression(C=c, max_iter=max_iter)
-    clf.fit(xtr, train_y[tr])
-    pred = clf.predict(xte)
-    y = test_y[te]
-    return {
-        "n": int(te.sum()),
-        "accuracy": float(accuracy_score(y, pred)),
-        "macro_f1": float(f1_score(y, pred, average="macro", labels=np.unique(y))),
-    }
+    """Fit and score in one call (see :func:`fit_predict`)."""
+    return score(fit_predict(train_texts, train_y, test_texts, c, max_iter), test_y)

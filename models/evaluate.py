@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from tqdm import tqdm
 
-from models.baseline import tfidf_logreg
+from models.baseline import fit_predict, score
 from models.bundle import Bundle
 from models.data import Product, read_catalog, split_of
 from models.text_clean import remove_words
@@ -76,6 +77,7 @@ def evaluate_command(
     baseline: bool = True,
     strip_color_words: bool = False,
     max_products: int | None = None,
+    attributes: Sequence[str] | None = None,
     device: str = "auto",
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -95,6 +97,7 @@ def evaluate_command(
       --strip-color-words          remove every colour word from titles/descriptions first (shows how much
                                    colour the image carries)
       --max-products INT           score at most this many rows (quick checks)
+      --attribute NAME (repeatable) only these attributes [all of the bundle's]
       --device TEXT                auto | cpu | cuda [auto]
       --progress / --no-progress   progress bars [progress]
 
@@ -145,7 +148,8 @@ def evaluate_command(
     report: dict[str, Any] = {"attributes": {}, "subsets": {"with_image": {"attributes": {}}}, "baselines": {}}
     curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     confusions: dict[str, tuple[np.ndarray, list[str]]] = {}
-    for a in b.attributes:
+    attrs = [a for a in b.attributes if not attributes or a in attributes]
+    for a in attrs:
         att = b.taxonomy.attributes[a]
         y_all = np.array([att.encode(p.labels.get(a)) for p in rows])
         lab = np.nonzero(y_all >= 0)[0]
@@ -195,13 +199,13 @@ def evaluate_command(
             bl_img: dict[str, Any] = {}
             tr_titles = [remove_words(p.title, words) if words else p.title for p in train_rows]
             te_titles = [remove_words(p.title, words) if words else p.title for p in rows]
-            for a in b.attributes:
+            for a in attrs:
                 att = b.taxonomy.attributes[a]
                 ytr = np.array([att.encode(p.labels.get(a)) for p in train_rows])
                 yte = np.array([att.encode(p.labels.get(a)) for p in rows])
-                bl[a] = tfidf_logreg(tr_titles, ytr, te_titles, yte)
-                yte_img = np.where(has_img, yte, -1)
-                bl_img[a] = tfidf_logreg(tr_titles, ytr, te_titles, yte_img)
+                pred = fit_predict(tr_titles, ytr, te_titles)
+                bl[a] = score(pred, yte)
+                bl_img[a] = score(pred, np.where(has_img, yte, -1))
             report["baselines"]["tfidf_logreg"] = bl
             report["subsets"]["with_image"]["baselines"] = {"tfidf_logreg": bl_img}
 

@@ -250,19 +250,27 @@ def predict_probs(model: torch.nn.Module, d: TaskData, names: Sequence[str], dev
 
 
 def _val_loss(model: torch.nn.Module, ds: Sequence[TaskData], names: Sequence[str], device: torch.device,
-              weights: Mapping[str, float]) -> float:
+              weights: Mapping[str, float]) -> tuple[float, dict[str, float]]:
+    """Mean validation loss (per row) and top-1 accuracy per task over labelled rows."""
     model.eval()
     tot, n = 0.0, 0
+    hits = dict.fromkeys(names, 0)
+    seen = dict.fromkeys(names, 0)
     with torch.inference_mode():
         for d in ds:
             for s in range(0, len(d.ids), 256):
                 idx = np.arange(s, min(s + 256, len(d.ids)))
                 fn = _text_logits if d.kind == "text" else _image_logits
-                loss, _ = masked_multitask_loss(fn(model, d, idx, device), _targets(d, idx, names, device),  # type: ignore[arg-type]
-                                                weights)
+                logits = fn(model, d, idx, device)  # type: ignore[arg-type]
+                tg = _targets(d, idx, names, device)
+                loss, _ = masked_multitask_loss(logits, tg, weights)
                 tot += float(loss) * len(idx)
                 n += len(idx)
-    return tot / max(1, n)
+                for a in names:
+                    m = tg[a] >= 0
+                    hits[a] += int((logits[a].argmax(1)[m] == tg[a][m]).sum())
+                    seen[a] += int(m.sum())
+    return tot / max(1, n), {a: hits[a] / seen[a] for a in names if seen[a]}
 
 
 # --- checkpoints (safetensors + JSON; never pickles) -----------------------------------------------------
@@ -340,11 +348,13 @@ def train_command(
     batch_size: int = 64,
     lr: float = 1e-3,
     trunk_lr: float = 1e-4,
+    wide_lr: float = 1e-2,
     seed: int = 0,
     task_weights: str | None = None,
     dataset_weights: str | None = None,
     min_class_count: int = 20,
     target_precision: float = 0.9,
+    select_by: str = "accuracy",
     max_products: int | None = None,
     work_dir: str | None = None,
     resume: bool = True,
@@ -375,11 +385,15 @@ def train_command(
       --batch-size INT             [64]
       --lr FLOAT                   heads / dense / wide learning rate [1e-3]
       --trunk-lr FLOAT             fine-tuned backbone and encoder layers learning rate [1e-4]
+      --wide-lr FLOAT              hashed n-gram embedding learning rate (rare n-grams must be learnt from
+                                   few rows, fastText-style) [1e-2]
       --seed INT                   split, init and batch order seed [0]
       --task-weights TEXT          e.g. "color=2,season=0.5" (task losses are summed with these weights)
       --dataset-weights TEXT       sampling weights, e.g. "0:text=1,0:image=2" (catalog index:modality)
       --min-class-count INT        values rarer than this in train merge into "other" [20]
       --target-precision FLOAT     per-attribute thresholds reach this validation precision [0.9]
+      --select-by accuracy|loss    keep each model's epoch with the best mean validation accuracy, or the
+                                   lowest validation loss [accuracy]
       --max-products INT           use at most this many products per catalog (quick runs)
       --work-dir DIR               feature caches and checkpoints [<out>.work]
       --resume / --no-resume       continue from the work dir's checkpoint [resume]
@@ -462,14 +476,15 @@ def train_command(
                                   [dw.get(f"{d.catalog}:{d.kind}", 1.0) for d in train_ds], seed=seed)
     head_params = [*image_model.dense.parameters(), *image_model.heads.parameters()]
     text_trunk = [p for layer in text_model.encoder.encoder.layer[text_model.cut:] for p in layer.parameters()]
-    text_rest = [p for m in (text_model.wide, text_model.dense, text_model.heads) if m is not None
-                 for p in m.parameters()]
+    text_rest = [p for m in (text_model.dense, text_model.heads) for p in m.parameters()]
+    text_wide = list(text_model.wide.parameters()) if text_model.wide is not None else []
     opt = torch.optim.AdamW(
         [
             {"params": list(image_model.top.parameters()), "lr": trunk_lr},
             {"params": head_params, "lr": lr},
             {"params": text_trunk, "lr": trunk_lr},
-            {"params": text_rest, "lr": lr, "weight_decay": 0.0},
+            {"params": text_rest, "lr": lr},
+            {"params": text_wide, "lr": wide_lr, "weight_decay": 0.0},
         ],
         weight_decay=1e-4,
     )
@@ -481,7 +496,8 @@ def train_command(
     start_epoch = 0
     ckpt = work / "checkpoint.safetensors"
     run_key = _key(list(catalog), names, image_backbone, image_size, image_top_blocks, image_pixel_stats, str(enc_dir),
-                   text_train_layers, wide_buckets, batch_size, seed, max_products, task_weights, dataset_weights)
+                   text_train_layers, wide_buckets, batch_size, seed, max_products, task_weights, dataset_weights,
+                   lr, trunk_lr, wide_lr, select_by)
     if resume and ckpt.exists():
         meta = json.loads(ckpt.with_suffix(".json").read_text())
         if meta.get("run_key") == run_key:
@@ -523,10 +539,14 @@ def train_command(
             vds = [d for d in data["val"] if d.kind == kind and len(d.ids)]
             if not vds:
                 continue
-            vl = _val_loss(m, vds, names, dev, tw)
+            vl, vacc = _val_loss(m, vds, names, dev, tw)
             rec[f"val_loss_{kind}"] = vl
-            if vl < best_loss[kind]:
-                best_loss[kind] = vl
+            rec[f"val_accuracy_{kind}"] = {a: round(v, 4) for a, v in vacc.items()}
+            # lower is better: the loss, or minus the mean task accuracy (a model that keeps getting more
+            # right while growing over-confident is still the better classifier; fusion recalibrates it)
+            score = vl if select_by == "loss" else -float(np.mean(list(vacc.values())))
+            if score < best_loss[kind]:
+                best_loss[kind] = score
                 best[kind] = trained_state(m)
         for kind, m in models.items():  # a model without validation data keeps its last state
             if not any(d.kind == kind for d in data["val"]):
@@ -561,7 +581,9 @@ def train_command(
                             "total": round(time.monotonic() - t0, 1)},
                 "device": str(dev), "seed": seed, "target_precision": target_precision,
                 "text_encoder_source": str(enc_dir), "task_weights": tw, "dataset_weights": dw,
-                "max_products": max_products, "batch_size": batch_size,
+                "max_products": max_products, "batch_size": batch_size, "select_by": select_by,
+                "lr": {"heads": lr, "trunk": trunk_lr, "wide": wide_lr}, "epochs": epochs,
+                "max_minutes": max_minutes,
             },
         },
     )
