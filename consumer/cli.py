@@ -85,6 +85,10 @@ def run(
     group_id: GroupId = None,
     bundle: BundleDir = None,
     device: Annotated[str | None, typer.Option(envvar="ENRICH_DEVICE", help="auto | cpu | cuda.")] = None,
+    torch_threads: Annotated[
+        int | None,
+        typer.Option(envvar="ENRICH_TORCH_THREADS", help="torch CPU threads [the container's CPU quota]."),
+    ] = None,
     kafka: KafkaPassthrough = None,
     exactly_once: Annotated[
         bool | None,
@@ -133,6 +137,7 @@ def run(
         group_id=group_id,
         bundle=bundle,
         device=device,
+        torch_threads=torch_threads,
         kafka=_parse_kafka(kafka),
         exactly_once=exactly_once,
         http_port=http_port,

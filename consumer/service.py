@@ -179,8 +179,14 @@ class EnrichService:
 
     async def _load_bundle(self) -> None:
         if self.bundle is None:
+            import torch
+
+            from consumer.cpus import available_cpus
             from models.bundle import Bundle  # heavy import (torch) kept off `enrich --help`
 
+            threads = self.settings.torch_threads or available_cpus()
+            torch.set_num_threads(threads)
+            log.info("torch threads", threads=threads, configured=self.settings.torch_threads is not None)
             log.info("loading model bundle", path=str(self.settings.bundle))
             self.bundle = await asyncio.to_thread(Bundle.load, self.settings.bundle, device=self.settings.device)
         metrics.MODEL_INFO.info({"name": str(self.bundle.name), "version": str(self.bundle.version)})

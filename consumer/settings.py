@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     group_id: str = "enrich"
     bundle: Path = Path(".cache/enrich/demo-bundle")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch CPU threads for inference [the container's CPU quota / affinity mask]."
+    )
 
     # Kafka security; also reachable through `kafka` (raw librdkafka passthrough).
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
