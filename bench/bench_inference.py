@@ -18,6 +18,7 @@ from collections.abc import Callable
 import torch
 from PIL import Image
 
+from consumer.cpus import available_cpus
 from consumer.demo import DEFAULT_CACHE
 from models.bundle import Bundle
 
@@ -39,7 +40,9 @@ def main() -> None:
     parser.add_argument("--bundle", default=str(DEFAULT_CACHE / "demo-bundle"), help="model bundle directory")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--seconds", type=float, default=5.0, help="timing window per measurement")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads [as enrich run: CPU quota]")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads or available_cpus())
 
     bundle = Bundle.load(args.bundle, device="auto")
     photo = Image.new("RGB", (600, 800), (30, 60, 120))
