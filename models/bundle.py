@@ -5,6 +5,8 @@ Layout::
     DIR/manifest.json          taxonomy + label maps, preprocessing, backbones, fusion, thresholds, metrics
     DIR/weights.safetensors    image model ("image.*") and text model ("text.*") tensors
     DIR/text_encoder/          the encoder's config.json and tokenizer files (no weights, no pickles)
+    DIR/wide.json              the wide TF-IDF text model's vectorizer settings and vocabularies (optional)
+    DIR/wide.safetensors       its idf vectors, coefficients and intercepts (optional)
 
 Why: ShopRunner's checkpoints did not carry their label maps, so a checkpoint could not be read alone; this
 manifest carries everything needed to serve. Loading builds the architectures from the manifest and fills
@@ -16,7 +18,7 @@ Consumer usage (see docs/architecture.md)::
     bundle = Bundle.load(path, device="auto")
     text = bundle.text_input(title, description, brand)
     views = bundle.image_views(pil_rgb)                      # worker thread
-    tp = bundle.predict_texts([text])[0]                    # inference thread
+    tp = bundle.predict_texts([text])[0]                    # inference thread (BERT + wide, pooled)
     ip = bundle.predict_images([views])[0]
     preds = bundle.combine(tp, [ip])                         # {attr: AttributePrediction}
 """
@@ -37,16 +39,19 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from models.ensemble import AttributePrediction, Ensemble, average_image_probs
+from models.ensemble import AttributePrediction, Ensemble, PoolParams, average_image_probs
 from models.image_model import ImagePreprocess, MultiTaskImageModel, build_backbone
 from models.taxonomy import Taxonomy
 from models.text_clean import text_input as _text_input
 from models.text_model import MultiTaskTextModel, load_encoder, load_tokenizer, wide_batch
+from models.wide import WIDE_JSON, WIDE_WEIGHTS, WideTextModel
 
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
 ENCODER_DIR = "text_encoder"
 FORMAT = "enrich-bundle/1"
+#: the text sources, in the order of the ``text_fusion`` pools' weights
+TEXT_SOURCES = ("bert", "wide")
 _TOKENIZER_FILES = (
     "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
 )
@@ -63,7 +68,7 @@ def _hash_dir(path: Path, manifest: Mapping[str, Any]) -> str:
     h = hashlib.sha256()
     body = {k: v for k, v in manifest.items() if k != "version"}
     h.update(json.dumps(body, sort_keys=True).encode())
-    files = [path / WEIGHTS, *sorted((path / ENCODER_DIR).glob("*"))]
+    files = [path / WEIGHTS, path / WIDE_JSON, path / WIDE_WEIGHTS, *sorted((path / ENCODER_DIR).glob("*"))]
     for f in files:
         if f.is_file():
             h.update(f.name.encode())
@@ -88,8 +93,15 @@ def save_bundle(
     thresholds: Mapping[str, Mapping[str, float]],
     metrics: Mapping[str, Any],
     extra: Mapping[str, Any] | None = None,
+    wide: WideTextModel | None = None,
+    text_fusion: Mapping[str, PoolParams] | None = None,
 ) -> str:
-    """Write a bundle directory; returns its version (content hash)."""
+    """Write a bundle directory; returns its version (content hash).
+
+    ``wide`` + ``text_fusion`` (per attribute, a pool over :data:`TEXT_SOURCES`) make the served text
+    probabilities a fitted pool of the BERT model and the wide TF-IDF model; without them the text modality is
+    the BERT model alone (older bundles).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
@@ -107,6 +119,10 @@ def save_bundle(
                 shutil.copyfile(src / fn, enc_out / fn)
         text_model.encoder.config.to_json_file(str(enc_out / "config.json"))  # type: ignore[attr-defined]
     save_file(tensors, str(out / WEIGHTS))
+    for stale in (WIDE_JSON, WIDE_WEIGHTS):  # a bundle rewritten without a wide model must not hash old files
+        if wide is None and (out / stale).exists():
+            (out / stale).unlink()
+    wide_spec = None if wide is None else wide.save(out)
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "name": name,
@@ -127,6 +143,10 @@ def save_bundle(
             **text_model.spec(),
             "input": "clean(title) . clean(brand) . clean(description)",
         },
+        "wide": wide_spec,
+        "text_fusion": None if wide is None else {
+            "sources": list(TEXT_SOURCES), **{a: p.to_json() for a, p in (text_fusion or {}).items()},
+        },
         "fusion": ensemble.to_json(),
         "thresholds": {a: dict(t) for a, t in thresholds.items()},
         "metrics": dict(metrics),
@@ -142,7 +162,7 @@ class Bundle:
 
     def __init__(self, path: Path, manifest: dict[str, Any], device: torch.device,
                  image_model: MultiTaskImageModel | None, text_model: MultiTaskTextModel | None,
-                 tokenizer: Any) -> None:
+                 tokenizer: Any, wide: WideTextModel | None = None) -> None:
         self.path = path
         self.manifest = manifest
         self.device = device
@@ -160,6 +180,10 @@ class Bundle:
         self.text_max_len = int((manifest.get("text") or {}).get("max_len", 64))
         self.ensemble = Ensemble.from_json(manifest.get("fusion", {}))
         self.thresholds: dict[str, dict[str, float]] = manifest.get("thresholds", {})
+        self.wide = wide
+        tf = dict(manifest.get("text_fusion") or {})
+        tf.pop("sources", None)
+        self.text_fusion: dict[str, PoolParams] = {a: PoolParams.from_json(d) for a, d in tf.items()}
         self._lock = threading.Lock()
 
     # --- loading ---------------------------------------------------------------------------------------
@@ -195,7 +219,8 @@ class Bundle:
             _load_prefixed(text_model, tensors, "text.")
             text_model.to(dev).eval()
             tokenizer = load_tokenizer(enc_dir)
-        return cls(p, manifest, dev, image_model, text_model, tokenizer)
+        wide = WideTextModel.load(p, manifest["wide"]) if manifest.get("wide") else None
+        return cls(p, manifest, dev, image_model, text_model, tokenizer, wide)
 
     # --- preprocessing (any thread) --------------------------------------------------------------------
     def text_input(self, title: str | None, description: str | None = None, brand: str | None = None) -> str:
@@ -218,9 +243,11 @@ class Bundle:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return torch.autocast("cpu", enabled=False)
 
-    def predict_texts(self, texts: Sequence[str], batch_size: int = 128) -> list[dict[str, np.ndarray]]:
-        """Per text ``{attr: probs}``; an empty text gives ``{}`` (no text evidence, so fusion uses the image)."""
-        out: list[dict[str, np.ndarray]] = [{} for _ in texts]
+    def predict_text_parts(self, texts: Sequence[str], batch_size: int = 128
+                           ) -> list[dict[str, dict[str, np.ndarray]]]:
+        """Per text ``{source: {attr: probs}}`` for each text source (``bert``, ``wide`` when the bundle has
+        one) before pooling; an empty text gives ``{}``. Evaluation reports the sources apart from this."""
+        out: list[dict[str, dict[str, np.ndarray]]] = [{} for _ in texts]
         if self.text_model is None:
             return out
         todo = [i for i, t in enumerate(texts) if t and t.strip()]
@@ -237,8 +264,30 @@ class Bundle:
                     kw = {"wide_ids": wi.to(self.device), "wide_offsets": wo.to(self.device)}
                 logits = self.text_model(ids.to(self.device), mask.to(self.device), **kw)
                 for i, p in zip(idx, self._probs(logits), strict=True):
-                    out[i] = p
+                    out[i]["bert"] = p
+                if self.wide is not None:
+                    wp = self.wide.predict_proba(batch)
+                    for r, i in enumerate(idx):
+                        out[i]["wide"] = {a: wp[a][r] for a in self.attributes if a in wp}
         return out
+
+    def pool_text(self, parts: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The served text probabilities of one text from its sources (``text_fusion`` per attribute)."""
+        bert = parts.get("bert") or {}
+        wide = parts.get("wide") or {}
+        out: dict[str, np.ndarray] = {}
+        for a, pb in bert.items():
+            pool = self.text_fusion.get(a)
+            if pool is None or a not in wide:
+                out[a] = pb
+            else:
+                out[a] = pool.apply([pb, wide[a]])
+        return out
+
+    def predict_texts(self, texts: Sequence[str], batch_size: int = 128) -> list[dict[str, np.ndarray]]:
+        """Per text ``{attr: probs}``: the BERT model pooled with the wide TF-IDF model (when the bundle has
+        one); an empty text gives ``{}`` (no text evidence, so fusion uses the image)."""
+        return [self.pool_text(p) if p else {} for p in self.predict_text_parts(texts, batch_size)]
 
     def predict_images(self, views: Sequence[torch.Tensor], batch_size: int = 64) -> list[dict[str, np.ndarray]]:
         """Per view stack ``{attr: probs}``."""

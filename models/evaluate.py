@@ -10,6 +10,11 @@ modality:
 * ``precision``: accuracy among products whose confidence reached the bundle's threshold.
 * ``coverage``: such products over ``n``: a product with no photo counts as not covered for ``image``.
 
+``text`` is the text modality as served: the BERT model pooled with the bundle's wide TF-IDF model
+(``Bundle.predict_texts``); ``image`` the image model alone; ``ensemble`` everything. ``components`` reports
+each text source before pooling (``text_bert``, ``text_wide``: accuracy of its top prediction), so the gain
+of the pool is visible.
+
 Which rows: ``split="auto"`` evaluates the bundle's held-out test split when the catalog is one the bundle was
 trained on (by resolved path), and every row otherwise (a new catalog: e.g. photos of another size or shape).
 """
@@ -103,7 +108,8 @@ def evaluate_command(
 
     Report shape: ``{"attributes": {ATTR: {"image"|"text"|"ensemble": {"n", "n_input", "accuracy",
     "macro_f1", "precision", "coverage"}}}, "subsets": {"with_image": {...same...}},
-    "baselines": {"tfidf_logreg": {ATTR: {...}}}, "bundle": {...}}``; fractions in 0..1.
+    "baselines": {"tfidf_logreg": {ATTR: {...}}}, "components": {ATTR: {"text_bert"|"text_wide": {"n_input",
+    "accuracy", "with_image": {...}}}}, "bundle": {...}}``; fractions in 0..1.
     """
     t0 = time.monotonic()
     b = Bundle.load(bundle, device=device)
@@ -127,7 +133,8 @@ def evaluate_command(
         return remove_words(t, words) if words else t
 
     texts = [txt(p) for p in rows]
-    text_probs = b.predict_texts(texts)
+    text_parts = b.predict_text_parts(texts)
+    text_probs = [b.pool_text(tp) if tp else {} for tp in text_parts]
 
     def views(p: Product) -> Any:
         im = load_image(p.image, b.image_decode_size)
@@ -145,7 +152,8 @@ def evaluate_command(
     has_img = np.array([p is not None for p in image_probs])
     has_txt = np.array([bool(t) for t in text_probs])
 
-    report: dict[str, Any] = {"attributes": {}, "subsets": {"with_image": {"attributes": {}}}, "baselines": {}}
+    report: dict[str, Any] = {"attributes": {}, "subsets": {"with_image": {"attributes": {}}}, "baselines": {},
+                              "components": {}}
     curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     confusions: dict[str, tuple[np.ndarray, list[str]]] = {}
     attrs = [a for a in b.attributes if not attributes or a in attributes]
@@ -186,6 +194,18 @@ def evaluate_command(
             correct = (out[m]["pred"] == y)[order] & ok[order]
             k = np.arange(1, len(order) + 1)
             curves[a][m] = (k / max(1, len(y)), np.cumsum(correct) / k)
+        comp: dict[str, Any] = {}
+        for src in ("bert", "wide"):
+            got = [(j, text_parts[i][src][a]) for j, i in enumerate(lab)
+                   if text_parts[i] and src in text_parts[i] and a in text_parts[i][src]]
+            if got:
+                jj = np.array([j for j, _ in got])
+                ok = np.array([int(np.argmax(p)) for _, p in got]) == y[jj]
+                wi = sub[jj]
+                comp[f"text_{src}"] = {"n_input": len(jj), "accuracy": float(ok.mean()),
+                                       "with_image": {"n_input": int(wi.sum()),
+                                                      "accuracy": float(ok[wi].mean()) if wi.any() else 0.0}}
+        report["components"][a] = comp
         e = out["ensemble"]
         confusions[a] = (confusion_matrix(y[e["has"]], e["pred"][e["has"]], labels=np.arange(len(att.values))),
                          att.values)

@@ -12,8 +12,11 @@ Pipeline (each step resumable from ``--work-dir``):
 4. Train the image top + heads and the text top layers + wide branch + heads in one loop: batches are drawn
    across all datasets with weights (``MultiDatasetSampler``), each batch's loss is the weighted sum of the
    masked per-task losses. Best epoch per model by validation loss; a checkpoint after every epoch.
-5. On validation: fit the per-attribute fusion, choose per-attribute thresholds for a target precision,
-   record metrics; write the bundle (safetensors + manifest).
+5. Fit the wide text model (TF-IDF word + char n-grams, logistic regression per attribute) on the training
+   rows' texts.
+6. On validation: pool BERT + wide into the served text probabilities, fuse text + image per input mode (each
+   pool chosen by cross-validation on the validation rows, see ``models.ensemble.select_pool``), choose
+   per-attribute thresholds for a target precision, record metrics; write the bundle (safetensors + JSON).
 """
 
 from __future__ import annotations
@@ -39,12 +42,13 @@ from tqdm import tqdm
 
 from models.bundle import resolve_device, save_bundle
 from models.data import Product, read_catalog, split_products
-from models.ensemble import Ensemble, FusionParams, choose_threshold, fit_fusion, precision_coverage
+from models.ensemble import Ensemble, FusionParams, PoolParams, choose_threshold, precision_coverage, select_pool
 from models.image_model import ImagePreprocess, MultiTaskImageModel, build_backbone
 from models.multitask import MultiDatasetSampler, masked_multitask_loss
 from models.taxonomy import KAGGLE_COLUMNS, Taxonomy
 from models.text_clean import text_input
 from models.text_model import MultiTaskTextModel, default_encoder_dir, load_encoder, load_tokenizer, wide_batch
+from models.wide import WideTextModel
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -349,6 +353,8 @@ def train_command(
     lr: float = 1e-3,
     trunk_lr: float = 1e-4,
     wide_lr: float = 1e-2,
+    linear_text: bool = True,
+    linear_c: float = 10.0,
     seed: int = 0,
     task_weights: str | None = None,
     dataset_weights: str | None = None,
@@ -387,6 +393,10 @@ def train_command(
       --trunk-lr FLOAT             fine-tuned backbone and encoder layers learning rate [1e-4]
       --wide-lr FLOAT              hashed n-gram embedding learning rate (rare n-grams must be learnt from
                                    few rows, fastText-style) [1e-2]
+      --linear-text / --no-linear-text  also fit the wide TF-IDF (word 1-2 + char 2-5 grams) + logistic
+                                   regression text model on the training texts and pool it with BERT into the
+                                   served text probabilities [linear-text]
+      --linear-c FLOAT             its inverse L2 strength C [10]
       --seed INT                   split, init and batch order seed [0]
       --task-weights TEXT          e.g. "color=2,season=0.5" (task losses are summed with these weights)
       --dataset-weights TEXT       sampling weights, e.g. "0:text=1,0:image=2" (catalog index:modality)
@@ -564,26 +574,35 @@ def train_command(
             m.load_state_dict(best[kind], strict=False)
     t_train = time.monotonic() - t_train0
 
-    # 5. fusion, thresholds, validation metrics
-    ensemble, thresholds, val_metrics = fit_ensemble(
-        models, data["val"], taxonomy, dev, target_precision
+    # 5. the wide text model, on the training texts (the neural models' checkpoint does not depend on it)
+    t_w = time.monotonic()
+    wide: WideTextModel | None = None
+    tr_text = [d for d in data["train"] if d.kind == "text" and len(d.ids)]
+    if linear_text and tr_text:
+        wide = WideTextModel.fit([t for d in tr_text for t in d.texts], np.concatenate([d.labels for d in tr_text]),
+                                 names, ncls, c=linear_c)
+    t_wide = time.monotonic() - t_w
+
+    # 6. text pool, fusion, thresholds, validation metrics
+    ensemble, thresholds, val_metrics, text_fusion = fit_ensemble(
+        models, data["val"], taxonomy, dev, target_precision, wide=wide
     )
     version = save_bundle(
         out_dir, name=name, taxonomy=taxonomy, image_model=image_model, image_preprocess=preprocess,
         image_backbone={"name": image_backbone, **backbone.spec}, text_model=text_model, encoder_dir=enc_dir,
         text_max_len=text_max_len, ensemble=ensemble, thresholds=thresholds,
-        metrics={"validation": val_metrics},
+        metrics={"validation": val_metrics}, wide=wide, text_fusion=text_fusion,
         extra={
             "split": {"method": "sha256(seed:id)", "seed": seed, "fractions": [0.8, 0.1, 0.1]},
             "training": {
                 "catalogs": [str(c) for c in catalog], "epochs_run": len(history), "history": history,
-                "seconds": {"cache": round(t_cache, 1), "train": round(t_train, 1),
+                "seconds": {"cache": round(t_cache, 1), "train": round(t_train, 1), "wide": round(t_wide, 1),
                             "total": round(time.monotonic() - t0, 1)},
                 "device": str(dev), "seed": seed, "target_precision": target_precision,
                 "text_encoder_source": str(enc_dir), "task_weights": tw, "dataset_weights": dw,
                 "max_products": max_products, "batch_size": batch_size, "select_by": select_by,
                 "lr": {"heads": lr, "trunk": trunk_lr, "wide": wide_lr}, "epochs": epochs,
-                "max_minutes": max_minutes,
+                "max_minutes": max_minutes, "linear_text": linear_text, "linear_c": linear_c,
             },
         },
     )
@@ -594,24 +613,34 @@ def train_command(
 
 
 def fit_ensemble(models: Mapping[str, torch.nn.Module], val: Sequence[TaskData], taxonomy: Taxonomy,
-                 device: torch.device, target_precision: float
-                 ) -> tuple[Ensemble, dict[str, dict[str, float]], dict[str, Any]]:
-    """Fit fusion per attribute and mode on validation data, choose thresholds, report validation metrics."""
+                 device: torch.device, target_precision: float, wide: WideTextModel | None = None,
+                 ) -> tuple[Ensemble, dict[str, dict[str, float]], dict[str, Any], dict[str, PoolParams]]:
+    """Fit the text pool and the fusion per attribute and mode on validation data, choose thresholds.
+
+    Each pool is chosen by 5-fold cross-validation on the validation rows among "one source alone" and a few
+    regularised log-linear pools (``select_pool``), so a pool is only used where it beats its best source
+    out of fold. The text + image fusion and the thresholds are fitted on the text pool's *out-of-fold*
+    probabilities, so they do not trust an in-sample text pool more than it deserves.
+
+    Returns ``(ensemble, thresholds, metrics, text_fusion)``.
+    """
     names = taxonomy.names
-    tprobs: dict[tuple[int, str], tuple[str, np.ndarray, dict[str, np.ndarray]]] = {}
+    tprobs: dict[tuple[int, str], tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]] = {}
     iprobs: dict[tuple[int, str], dict[str, np.ndarray]] = {}
     for d in val:
         if not len(d.ids):
             continue
         pr = predict_probs(models[d.kind], d, names, device)
+        wp = wide.predict_proba(d.texts) if wide is not None and d.kind == "text" else {}
         for i, pid in enumerate(d.ids):
             row = {a: pr[a][i] for a in names}
             if d.kind == "text":
-                tprobs[(d.catalog, pid)] = (pid, d.labels[i], row)
+                tprobs[(d.catalog, pid)] = (d.labels[i], row, {a: wp[a][i] for a in wp})
             else:
                 iprobs[(d.catalog, pid)] = row
-    labels = {k: v[1] for k, v in tprobs.items()}
+    labels = {k: v[0] for k, v in tprobs.items()}
     ens = Ensemble()
+    text_fusion: dict[str, PoolParams] = {}
     thresholds: dict[str, dict[str, float]] = {}
     metrics: dict[str, Any] = {}
     for j, a in enumerate(names):
@@ -619,31 +648,45 @@ def fit_ensemble(models: Mapping[str, torch.nn.Module], val: Sequence[TaskData],
         thresholds[a] = {}
         metrics[a] = {}
         keys_t = [k for k in tprobs if labels[k][j] >= 0]
+        # the served text probabilities of every validation text: BERT alone, or the pool of BERT + wide
+        served: dict[tuple[int, str], np.ndarray] = {k: tprobs[k][1][a] for k in tprobs}
+        if wide is not None and a in wide.heads and len(keys_t) >= 10:
+            y = np.array([labels[k][j] for k in keys_t])
+            pb = np.stack([tprobs[k][1][a] for k in keys_t])
+            pw = np.stack([tprobs[k][2][a] for k in keys_t])
+            sel = select_pool([pb, pw], y, ["bert", "wide"])
+            text_fusion[a] = sel.params
+            unl = [k for k in tprobs if labels[k][j] < 0]
+            served.update({k: sel.params.apply([tprobs[k][1][a], tprobs[k][2][a]]) for k in unl})
+            served.update({k: sel.oof[r] for r, k in enumerate(keys_t)})  # out of fold for the labelled rows
+            metrics[a]["text_pool"] = {"kind": sel.params.kind, "weights": sel.params.weights,
+                                       "cv": {c: {m: round(v, 5) for m, v in sc.items()}
+                                              for c, sc in sel.scores.items()}}
         keys_b = [k for k in keys_t if k in iprobs]
         # image-only rows: photos whose product has no text, or any photo (image mode is also used when the
         # text is empty at serving time), so fit on all labelled photos
         keys_i = [k for k in iprobs if k in labels and labels[k][j] >= 0]
         for mode, keys in (("text", keys_t), ("image", keys_i), ("both", keys_b)):
-            if len(keys) < 5:
-                ens.params[a][mode] = FusionParams(bias=None)
+            if len(keys) < 10:
+                ens.params[a][mode] = FusionParams(bias=None, kind="default")
                 thresholds[a][mode] = 0.5
                 continue
             y = np.array([labels[k][j] for k in keys])
-            pt = np.stack([tprobs[k][2][a] for k in keys]) if mode in ("text", "both") else None
-            pi = np.stack([iprobs[k][a] for k in keys]) if mode in ("image", "both") else None
-            params = fit_fusion(pt, pi, y)
+            srcs = {"text": ["text"], "image": ["image"], "both": ["text", "image"]}[mode]
+            probs = [np.stack([served[k] if s == "text" else iprobs[k][a] for k in keys]) for s in srcs]
+            sel = select_pool(probs, y, srcs)
+            params = FusionParams.from_pool(sel.params, srcs)
             ens.params[a][mode] = params
-            fused = np.stack([
-                ens.fuse(a, None if pt is None else pt[r], None if pi is None else pi[r])[0] for r in range(len(y))
-            ])
-            conf, pred = fused.max(1), fused.argmax(1)
+            conf, pred = sel.oof.max(1), sel.oof.argmax(1)
             correct = (pred == y).astype(np.float64)
             thr = choose_threshold(conf, correct, target_precision)
             thresholds[a][mode] = thr
             prec, cov = precision_coverage(conf, correct, thr, len(y))
             metrics[a][mode] = {"n": len(y), "accuracy": float(correct.mean()), "precision": prec, "coverage": cov,
-                                "text_weight": params.text_weight, "image_weight": params.image_weight}
-    return ens, thresholds, metrics
+                                "kind": params.kind, "text_weight": params.text_weight,
+                                "image_weight": params.image_weight,
+                                "cv": {c: {m: round(v, 5) for m, v in sc.items()} for c, sc in sel.scores.items()}}
+    return ens, thresholds, metrics, text_fusion
 
 
 #: The demo bundle's configuration: small enough for ~2-3 minutes on 2 CPU cores, same code path as any run.

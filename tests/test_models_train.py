@@ -38,6 +38,10 @@ def test_training_lowers_the_loss_and_resumes(trained: tuple[Path, Path, dict]) 
     assert "pattern" in summary["attributes"] and "color" in summary["attributes"]
     assert set(manifest["thresholds"]["color"]) == {"both", "text", "image"}
     assert manifest["split"]["seed"] == 1
+    # the wide TF-IDF text model travels in the bundle (JSON + safetensors) and is pooled into the served text
+    assert manifest["wide"]["json"] == "wide.json" and (bundle / "wide.safetensors").is_file()
+    assert set(manifest["text_fusion"]) >= {"sources", "color"}
+    assert all(p["kind"] for p in manifest["fusion"]["color"].values())  # which pool each mode chose
 
 
 def test_bundle_serves_and_evaluates(trained: tuple[Path, Path, dict], tmp_path: Path) -> None:
@@ -54,6 +58,8 @@ def test_bundle_serves_and_evaluates(trained: tuple[Path, Path, dict], tmp_path:
             assert {"n", "accuracy", "macro_f1", "precision", "coverage"} <= set(r)
             assert all(0.0 <= r[k] <= 1.0 for k in ("accuracy", "macro_f1", "precision", "coverage"))
     assert json.loads((tmp_path / "r.json").read_text())["bundle"]["version"] == b.version
+    assert b.wide is not None
+    assert set(report["components"]["color"]) == {"text_bert", "text_wide"}
     assert (tmp_path / "r_plots" / "color_confusion.png").is_file()
     assert (tmp_path / "r_plots" / "color_precision_coverage.png").is_file()
 
