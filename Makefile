@@ -11,7 +11,7 @@ help:
 	@echo "make demo   - install into .venv and run the end-to-end demo (embedded broker, sample catalog, demo model)"
 	@echo "make test   - install into .venv and run the whole test suite"
 	@echo "make lint   - ruff"
-	@echo "make bench  - benchmarks (writes docs/benchmarks.md numbers to stdout)"
+	@echo "make bench  - benchmarks: pipeline, model throughput, image fetch (Markdown tables for docs/benchmarks.md)"
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,8 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/bench_pipeline.py
+	$(BIN)/python bench/bench_inference.py
+	$(BIN)/python bench/bench_fetch.py
 
 clean:
 	rm -rf .cache .pytest_cache .ruff_cache
