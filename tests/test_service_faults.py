@@ -280,3 +280,42 @@ def test_mostly_invalid_input_stops_the_consumer_loudly(broker, tiny_bundle, tmp
     env = enrich_env(broker.bootstrap_servers, topics, tiny_bundle, f"g-{topics[0]}", ENRICH_DLQ_WINDOW=20)
     assert wait_exit(start_enrich(env, log), 120, log) == 3, tail(log)
     assert "dead-letter rate exceeded" in log.read_text()
+
+
+def test_member_frozen_past_its_session_loses_partitions_without_committing(
+    broker, tiny_bundle, sample_catalog, image_server, tmp_path
+) -> None:
+    """SIGSTOP a member longer than its session: the group gives its partitions to another member; when it
+    wakes, librdkafka reports the assignment *lost*, and the member must discard that work and never commit it
+    (the new owner's commits must not be overwritten). Nothing may be lost; duplicates are allowed."""
+    topics = _topics("lost", broker.bootstrap_servers, partitions=2)
+    group = f"g-{topics[0]}"
+    events = _events(sample_catalog, image_server.base_url, 240)
+    env = enrich_env(broker.bootstrap_servers, topics, tiny_bundle, group)
+    feeder = _feeder(broker.bootstrap_servers, topics[0], events, tmp_path)
+    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+    first = start_enrich(env, log_a)
+    feeder.start()
+    assert _count_outputs(broker.bootstrap_servers, topics[1], 30, 120) >= 30, tail(log_a)
+    first.send_signal(signal.SIGSTOP)  # no heartbeats: its session (6 s) expires
+    try:
+        second = start_enrich(env, log_b, "--idle-exit-s", "8")
+        deadline = time.monotonic() + 90
+        while "partitions assigned" not in log_b.read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "partitions assigned" in log_b.read_text(), tail(log_b)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    deadline = time.monotonic() + 60
+    while "partitions lost" not in log_a.read_text() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "partitions lost" in log_a.read_text(), tail(log_a)
+    feeder.join()
+    assert wait_exit(second, 240, log_b) == 0, tail(log_b)
+    first.send_signal(signal.SIGTERM)
+    assert wait_exit(first, 60, log_a) == 0, tail(log_a)
+
+    outputs = read_all(broker.bootstrap_servers, topics[1], expected=len(events), timeout=60)
+    ends = end_offsets(broker.bootstrap_servers, topics[0], expected=len(events))
+    assert set(source_coordinates(outputs)) == {(p, o) for p, end in ends.items() for o in range(end)}
+    assert committed(broker.bootstrap_servers, group, topics[0], range(2)) == ends
