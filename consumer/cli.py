@@ -293,6 +293,10 @@ def train(
     text_train_layers: Annotated[int, typer.Option(help="Top encoder layers fine-tuned; the rest is cached.")] = 1,
     text_max_len: Annotated[int, typer.Option(help="Max tokens of title . brand . description.")] = 48,
     wide_buckets: Annotated[int, typer.Option(help="Hashed word n-gram buckets of the text model; 0: none.")] = 131072,
+    linear_text: Annotated[
+        bool, typer.Option(help="Also fit the TF-IDF + logistic-regression text source and pool it with BERT.")
+    ] = True,
+    linear_c: Annotated[float, typer.Option(help="Inverse L2 strength of that logistic regression.")] = 10.0,
     epochs: Annotated[int, typer.Option(help="Max epochs.")] = 8,
     max_minutes: Annotated[
         float | None, typer.Option(help="Wall-clock budget; training stops early to meet it.")
@@ -334,6 +338,8 @@ def train(
         text_train_layers=text_train_layers,
         text_max_len=text_max_len,
         wide_buckets=wide_buckets,
+        linear_text=linear_text,
+        linear_c=linear_c,
         epochs=epochs,
         max_minutes=max_minutes,
         batch_size=batch_size,
@@ -367,6 +373,9 @@ def evaluate(
     ] = "auto",
     baseline: Annotated[bool, typer.Option(help="Also score a TF-IDF + logistic regression title baseline.")] = True,
     strip_color_words: Annotated[bool, typer.Option(help="Remove every colour word from the text first.")] = False,
+    attribute: Annotated[
+        list[str] | None, typer.Option(help="Only this attribute (repeatable). Default: all of the bundle's.")
+    ] = None,
     max_products: Annotated[int | None, typer.Option(help="Score at most this many rows.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
@@ -382,6 +391,7 @@ def evaluate(
         split=split,
         baseline=baseline,
         strip_color_words=strip_color_words,
+        attributes=attribute,
         max_products=max_products,
         device=device,
         progress=progress,

@@ -76,3 +76,20 @@ def test_evaluate_other_catalog_with_missing_and_odd_photos(trained: tuple[Path,
     r = report["attributes"]["color"]
     assert r["image"]["n_input"] < r["text"]["n_input"] == r["ensemble"]["n_input"]
     assert r["image"]["coverage"] <= r["image"]["n_input"] / r["image"]["n"] + 1e-9
+
+
+def test_cli_evaluate_one_attribute_without_colour_words(trained: tuple[Path, Path, dict], tmp_path: Path) -> None:
+    """`enrich evaluate --attribute color --strip-color-words --json F` (the colour check of docs/models.md)."""
+    from typer.testing import CliRunner
+
+    from consumer.cli import app
+
+    styles, bundle, _ = trained
+    out = tmp_path / "color.json"
+    result = CliRunner().invoke(app, ["evaluate", "--bundle", str(bundle), "--catalog", str(styles), "--attribute",
+                                      "color", "--strip-color-words", "--no-baseline", "--no-progress", "--json",
+                                      str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert list(report["attributes"]) == ["color"]
+    assert set(report["attributes"]["color"]) >= {"image", "text", "ensemble"}
