@@ -39,9 +39,13 @@ class FetchSettings(BaseModel):
 
 
 class BatchSettings(BaseModel):
-    """Micro-batch bounds: a batch closes when it is full or when its first item has waited max_wait_ms."""
+    """Micro-batch bounds: a batch closes when it is full or when its first item has waited max_wait_ms.
 
-    image_max_size: int = Field(32, ge=1)
+    16 images: on 2 CPU cores the demo CNN's throughput peaks at batches of 8-16 and falls at 32
+    (docs/benchmarks.md); on a GPU, raise it (64-128).
+    """
+
+    image_max_size: int = Field(16, ge=1)
     text_max_size: int = Field(64, ge=1)
     max_wait_ms: float = Field(20.0, ge=0)
 
