@@ -55,7 +55,8 @@ def _log(p: np.ndarray | torch.Tensor) -> Any:
     return np.log(np.clip(p, _EPS, 1.0))
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of logits, shifted by the row maximum so large logits cannot overflow."""
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
@@ -121,7 +122,7 @@ class Ensemble:
         if image is not None:
             wi = p.image_weight + (0.0 if p.image_class_weights is None else np.asarray(p.image_class_weights))
             z = z + wi * _log(np.asarray(image, dtype=np.float64))
-        return _softmax(z), mode
+        return softmax(z), mode
 
     def to_json(self) -> dict[str, Any]:
         """Manifest form."""
@@ -231,7 +232,7 @@ class PoolParams:
 
     def apply(self, probs: Sequence[np.ndarray]) -> np.ndarray:
         """Pooled probabilities."""
-        return _softmax(self.logits(probs))
+        return softmax(self.logits(probs))
 
     def to_json(self) -> dict[str, Any]:
         """Manifest form."""

@@ -30,6 +30,8 @@ from safetensors.torch import load_file, save_file
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
+from models.ensemble import softmax
+
 log = logging.getLogger(__name__)
 
 WIDE_JSON = "wide.json"
@@ -50,12 +52,6 @@ def _vectorizer(cfg: Mapping[str, Any], vocabulary: Mapping[str, int] | None = N
         analyzer=cfg["analyzer"], ngram_range=tuple(cfg["ngram_range"]), min_df=1 if vocabulary else cfg["min_df"],
         sublinear_tf=True, lowercase=True, dtype=np.float32, vocabulary=dict(vocabulary) if vocabulary else None,
     )
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 @dataclass
@@ -80,7 +76,7 @@ class WideTextModel:
         out: dict[str, np.ndarray] = {}
         for a, (coef, icpt) in self.heads.items():
             z = np.asarray(x @ coef.T, dtype=np.float64) + icpt.astype(np.float64)
-            out[a] = _softmax(z)
+            out[a] = softmax(z)
         return out
 
     # --- fitting -----------------------------------------------------------------------------------------
