@@ -91,6 +91,18 @@ def producer_config(settings: Settings) -> dict[str, Any]:
     return conf
 
 
+def _load_bundle(settings: Settings) -> tuple[int, Any]:
+    """Size torch's thread pool to the CPU budget, then load the bundle (heavy imports kept off `enrich --help`)."""
+    import torch
+
+    from consumer.cpus import available_cpus
+    from models.bundle import Bundle
+
+    threads = settings.torch_threads or available_cpus()
+    torch.set_num_threads(threads)  # global: the inference thread's pool follows it
+    return threads, Bundle.load(settings.bundle, device=settings.device)
+
+
 def record_consumer_lag(stats_json: str) -> None:
     """librdkafka statistics callback: export per-partition consumer lag."""
     try:
@@ -179,16 +191,10 @@ class EnrichService:
 
     async def _load_bundle(self) -> None:
         if self.bundle is None:
-            import torch
-
-            from consumer.cpus import available_cpus
-            from models.bundle import Bundle  # heavy import (torch) kept off `enrich --help`
-
-            threads = self.settings.torch_threads or available_cpus()
-            torch.set_num_threads(threads)
-            log.info("torch threads", threads=threads, configured=self.settings.torch_threads is not None)
             log.info("loading model bundle", path=str(self.settings.bundle))
-            self.bundle = await asyncio.to_thread(Bundle.load, self.settings.bundle, device=self.settings.device)
+            # Off the loop: importing torch/sklearn and reading the weights take seconds, and /livez must answer.
+            threads, self.bundle = await asyncio.to_thread(_load_bundle, self.settings)
+            log.info("torch threads", threads=threads, configured=self.settings.torch_threads is not None)
         metrics.MODEL_INFO.info({"name": str(self.bundle.name), "version": str(self.bundle.version)})
         self.health.model_loaded = True
         log.info(

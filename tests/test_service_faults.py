@@ -69,6 +69,13 @@ def _feeder(bootstrap: str, topic: str, events: list[dict], tmp_path: Path) -> t
     return threading.Thread(target=stream, daemon=True)
 
 
+def _wait_for_line(log: Path, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in (log.read_text(errors="replace") if log.exists() else "") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert text in log.read_text(errors="replace"), tail(log)
+
+
 def _count_outputs(bootstrap: str, topic: str, expected: int, timeout: float) -> int:
     return len(read_all(bootstrap, topic, expected=expected, timeout=timeout))
 
@@ -142,6 +149,7 @@ def test_sigterm_mid_stream_exits_in_grace_and_restart_has_no_duplicates(
     env = enrich_env(broker.bootstrap_servers, topics, tiny_bundle, group, ENRICH_SHUTDOWN_GRACE_S=10)
     log = tmp_path / "first.log"
     proc = start_enrich(env, log)
+    _wait_for_line(log, "partitions assigned", 120)  # feed only once it consumes, so SIGTERM lands mid-stream
     feeder.start()
     assert _count_outputs(broker.bootstrap_servers, topics[1], 60, 120) >= 60, tail(log)
     started = time.monotonic()
