@@ -4,7 +4,8 @@ Why: the consumer downloads vendor image URLs over real HTTP; tests and the demo
 path (aiohttp client, timeouts, retries, size caps) rather than a stub. The server runs its own event loop
 in a background thread so synchronous code (the demo, pytest fixtures) can start it with a ``with`` block.
 Fault injection for tests: ``delay_s`` (a slow image) and ``status`` (an image that answers e.g. 500), both
-keyed by file name and read per request, so a test may change them while the server runs.
+keyed by file name and read per request, so a test may change them while the server runs; ``routes`` adds
+handlers at other paths (misbehaving servers: endless bodies, redirects, lies in headers).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import mimetypes
 import threading
 from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -21,7 +23,9 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-__all__ = ["ImageServer"]
+__all__ = ["Handler", "ImageServer"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class ImageServer:
@@ -39,12 +43,14 @@ class ImageServer:
         *,
         delay_s: dict[str, float] | None = None,
         status: dict[str, int] | None = None,
+        routes: Mapping[str, Handler] | None = None,
     ) -> None:
         self.root = Path(root).resolve()
         self.host = host
         self.port = port
         self.delay_s: dict[str, float] = dict(delay_s or {})
         self.status: dict[str, int] = dict(status or {})
+        self.routes: dict[str, Handler] = dict(routes or {})
         self.requests: Counter[str] = Counter()  # file name -> requests seen (retries show up here)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -86,11 +92,14 @@ class ImageServer:
         app = web.Application()
         app.router.add_get("/", self._index)
         app.router.add_get("/images/{name}", self._image)
+        for path, handler in self.routes.items():
+            app.router.add_get(path, handler)
         return app
 
     # ----------------------------------------------------------------------------------------- lifecycle
     async def _start_site(self) -> int:
-        runner = web.AppRunner(self._app(), access_log=None)
+        # handler_cancellation: a handler still sleeping or streaming when its client hangs up ends with it.
+        runner = web.AppRunner(self._app(), handler_cancellation=True, access_log=None)
         await runner.setup()
         # A short shutdown timeout: stop() must not wait out a test's artificially delayed request.
         site = web.TCPSite(runner, self.host, self.port, shutdown_timeout=0.5)

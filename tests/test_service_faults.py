@@ -308,16 +308,10 @@ def test_member_frozen_past_its_session_loses_partitions_without_committing(
     first.send_signal(signal.SIGSTOP)  # no heartbeats: its session (6 s) expires
     try:
         second = start_enrich(env, log_b, "--idle-exit-s", "8")
-        deadline = time.monotonic() + 90
-        while "partitions assigned" not in log_b.read_text() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert "partitions assigned" in log_b.read_text(), tail(log_b)
+        _wait_for_line(log_b, "partitions assigned", 90)
     finally:
         first.send_signal(signal.SIGCONT)
-    deadline = time.monotonic() + 60
-    while "partitions lost" not in log_a.read_text() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert "partitions lost" in log_a.read_text(), tail(log_a)
+    _wait_for_line(log_a, "partitions lost", 60)
     feeder.join()
     assert wait_exit(second, 240, log_b) == 0, tail(log_b)
     first.send_signal(signal.SIGTERM)

@@ -14,7 +14,6 @@ cover loopback refusal, and the per-hop check is the one that refuses 169.254.16
 from __future__ import annotations
 
 import asyncio
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,11 +23,12 @@ import pytest
 from aiohttp import web
 
 from consumer.embedded_broker import create_topics
+from consumer.image_server import Handler, ImageServer
 from consumer.produce import events_from_catalog, produce_jsonl
 from models.catalog.kaggle import read_catalog
 from schemas import validator
 from tests.service_harness import committed, end_offsets, enrich_env, read_all, start_enrich, tail, wait_exit
-from tests.test_fetch import JPEG, _bomb_png
+from tests.test_fetch import JPEG, _bomb_png, image, redirect
 
 pytestmark = pytest.mark.broker
 
@@ -53,10 +53,6 @@ async def _huge(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def _body(body: bytes, content_type: str) -> web.StreamResponse:
-    return web.Response(body=body, content_type=content_type)
-
-
 #: path on the hostile server (or an absolute URL) -> the status the event must record
 CASES: dict[str, str] = {
     "/missing.jpg": "http_error",
@@ -75,80 +71,45 @@ CASES: dict[str, str] = {
 }
 
 
-class HostileServer:
-    """An aiohttp server on 127.0.0.1 in a background thread, serving the hostile routes above and /good.jpg."""
-
-    def __init__(self) -> None:
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
-
-    def _app(self) -> web.Application:
-        app = web.Application()
-        routes = {
-            "/good.jpg": lambda _: _body(JPEG, "image/jpeg"),
-            "/slow.jpg": _slow,
-            "/endless.jpg": _endless,
-            "/huge.jpg": _huge,
-            "/page.jpg": lambda _: _body(b"<html>not found</html>", "text/html"),
-            "/html-as-jpeg.jpg": lambda _: _body(b"<html>" + b"x" * 2000 + b"</html>", "image/jpeg"),
-            "/truncated.jpg": lambda _: _body(JPEG[: len(JPEG) // 2], "image/jpeg"),
-            "/bomb.png": lambda _: _body(_bomb_png(60_000, 60_000), "image/png"),
-            "/to-metadata": lambda _: web.Response(status=302, headers={"Location": "http://169.254.169.254/latest/"}),
-            "/to-private": lambda _: web.Response(status=302, headers={"Location": "http://10.0.0.1/a.jpg"}),
-        }
-        for path, handler in routes.items():
-
-            async def wrapped(request: web.Request, handler=handler) -> web.StreamResponse:
-                result = handler(request)
-                return await result if asyncio.iscoroutine(result) else result
-
-            app.router.add_get(path, wrapped)
-        return app
-
-    async def _start(self) -> int:
-        self._runner = web.AppRunner(self._app(), handler_cancellation=True, shutdown_timeout=0.5, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        return int(self._runner.addresses[0][1])
-
-    def __enter__(self) -> HostileServer:
-        self._thread.start()
-        self.port = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=10)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-
-    def url(self, path_or_url: str) -> str:
-        return path_or_url if "://" in path_or_url else f"http://127.0.0.1:{self.port}{path_or_url}"
+#: the misbehaving routes, served next to the catalog photos by the project's own loopback ImageServer
+ROUTES: dict[str, Handler] = {
+    "/good.jpg": image(JPEG),
+    "/slow.jpg": _slow,
+    "/endless.jpg": _endless,
+    "/huge.jpg": _huge,
+    "/page.jpg": image(b"<html>not found</html>", "text/html"),
+    "/html-as-jpeg.jpg": image(b"<html>" + b"x" * 2000 + b"</html>"),
+    "/truncated.jpg": image(JPEG[: len(JPEG) // 2]),
+    "/bomb.png": image(_bomb_png(60_000, 60_000), "image/png"),
+    "/to-metadata": redirect("http://169.254.169.254/latest/"),
+    "/to-private": redirect("http://10.0.0.1/a.jpg"),
+}
 
 
 @pytest.fixture
-def hostile_server() -> Iterator[HostileServer]:
-    with HostileServer() as server:
+def hostile_server(tmp_path: Path) -> Iterator[ImageServer]:
+    with ImageServer(tmp_path, routes=ROUTES) as server:
         yield server
 
 
+def _url(server: ImageServer, path_or_url: str) -> str:
+    return path_or_url if "://" in path_or_url else server.base_url + path_or_url
+
+
 def test_every_hostile_image_degrades_to_text_with_its_documented_status(
-    broker, tiny_bundle: Path, sample_catalog: Path, hostile_server: HostileServer, tmp_path: Path
+    broker, tiny_bundle: Path, sample_catalog: Path, hostile_server: ImageServer, tmp_path: Path
 ) -> None:
     run = uuid.uuid4().hex[:8]
     topics = (f"hostile-{run}.in", f"hostile-{run}.out", f"hostile-{run}.dlq")
     create_topics(broker.bootstrap_servers, list(topics), partitions=2)
     products = read_catalog(sample_catalog)[: len(CASES) + 1]
-    events = events_from_catalog(products, hostile_server.url(""))
+    events = events_from_catalog(products, hostile_server.base_url)
     expected: dict[str, str] = {}
     for event, (target, status) in zip(events, CASES.items(), strict=False):
-        event["image_urls"] = [hostile_server.url(target)]
+        event["image_urls"] = [_url(hostile_server, target)]
         expected[event["product_id"]] = status
     good = events[len(CASES)]  # a broken image next to a good one: the product keeps its image evidence
-    good["image_urls"] = [hostile_server.url("/missing.jpg"), hostile_server.url("/good.jpg")]
+    good["image_urls"] = [_url(hostile_server, "/missing.jpg"), _url(hostile_server, "/good.jpg")]
     feed = tmp_path / "events.jsonl"
     feed.write_bytes(b"\n".join(orjson.dumps(e) for e in events) + b"\n")
     total = produce_jsonl(broker.bootstrap_servers, topics[0], feed)
