@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 MODES = ("both", "text", "image")
 _EPS = 1e-7
@@ -49,9 +48,8 @@ class AttributePrediction:
         }
 
 
-def _log(p: np.ndarray | torch.Tensor) -> Any:
-    if isinstance(p, torch.Tensor):
-        return torch.log(p.clamp(min=_EPS))
+def _log(p: np.ndarray) -> np.ndarray:
+    """Log-probabilities, clipped so a zero probability cannot become -inf."""
     return np.log(np.clip(p, _EPS, 1.0))
 
 
@@ -132,46 +130,6 @@ class Ensemble:
     def from_json(cls, d: Mapping[str, Any]) -> Ensemble:
         """Inverse of :meth:`to_json`."""
         return cls({a: {m: FusionParams.from_json(p) for m, p in ms.items()} for a, ms in d.items()})
-
-
-def fit_fusion(
-    text: np.ndarray | None,
-    image: np.ndarray | None,
-    labels: np.ndarray,
-    bias_l2: float = 1e-3,
-    weight_l2: float = 1e-3,
-    steps: int = 200,
-) -> FusionParams:
-    """Fit one mode's weights + bias by minimising validation NLL (LBFGS, a handful of parameters).
-
-    A small L2 pull of the weights towards 1 and of the bias towards 0 keeps a tiny or separable validation
-    set from sending them to infinity; weights are clipped to [0, 20] (a modality never counts negatively).
-    """
-    y = torch.as_tensor(labels, dtype=torch.long)
-    lt = None if text is None else _log(torch.as_tensor(text, dtype=torch.float64))
-    li = None if image is None else _log(torch.as_tensor(image, dtype=torch.float64))
-    k = (lt if lt is not None else li).shape[1]  # type: ignore[union-attr]
-    wt = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
-    wi = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(k, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([wt, wi, b], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        z = b.expand(len(y), k)
-        if lt is not None:
-            z = z + wt * lt
-        if li is not None:
-            z = z + wi * li
-        loss = (torch.nn.functional.cross_entropy(z, y) + bias_l2 * (b**2).sum()
-                + weight_l2 * ((wt - 1) ** 2 + (wi - 1) ** 2))
-        loss.backward()
-        return loss
-
-    if len(y):
-        opt.step(closure)
-    clip = lambda w: float(min(max(float(w.detach()), 0.0), 20.0))  # noqa: E731
-    return FusionParams(clip(wt), clip(wi), [float(x) for x in b.detach()])
 
 
 def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target_precision: float,
@@ -259,7 +217,7 @@ def fit_pool(logps: Sequence[np.ndarray], y: np.ndarray, *, fit_bias: bool, per_
     """Minimise the pooled NLL (+ L2 on bias / per-class offsets, a pull of the weights towards 1).
 
     Analytic gradient + scipy's L-BFGS-B with the weights bounded to [0, 20] (a source never counts
-    negatively). Why not torch LBFGS as :func:`fit_fusion` does: ``select_pool`` runs ~16 fits per attribute
+    negatively). Why not torch LBFGS (the first fusion's fitter): ``select_pool`` runs ~16 fits per attribute
     and stage, and torch's per-step overhead made that a minute of the demo's 3-minute budget.
     """
     from scipy.optimize import minimize

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from models.bundle import Bundle, save_bundle
-from models.ensemble import Ensemble, FusionParams, choose_threshold, fit_fusion
+from models.ensemble import Ensemble, FusionParams, choose_threshold, fit_pool
 from models.image_model import ImagePreprocess, MultiTaskImageModel, build_backbone
 from models.taxonomy import Taxonomy
 from models.testing import tiny_bert_dir
@@ -119,7 +119,8 @@ def test_fusion_learns_to_trust_the_informative_modality() -> None:
     good = np.full((300, 3), 0.1)
     good[np.arange(300), y] = 0.8
     noise = rng.dirichlet(np.ones(3), 300)
-    p = fit_fusion(noise, good, y)
+    p = FusionParams.from_pool(fit_pool([np.log(noise), np.log(good)], y, fit_bias=True, per_class=False,
+                                        l2=1e-3), ["text", "image"])
     assert p.image_weight > p.text_weight
     thr = choose_threshold(np.array([0.9, 0.8, 0.7, 0.6]), np.array([1.0, 1.0, 0.0, 0.0]), 0.9, min_support=1)
     assert thr == 0.8
