@@ -297,6 +297,10 @@ def train(
         bool, typer.Option(help="Also fit the TF-IDF + logistic-regression text source and pool it with BERT.")
     ] = True,
     linear_c: Annotated[float, typer.Option(help="Inverse L2 strength of that logistic regression.")] = 10.0,
+    mention_fusion: Annotated[
+        bool, typer.Option(help="Also fit fusion modes for texts that name none of an attribute's values "
+                                "(e.g. no colour word: trust the photo more).")
+    ] = True,
     epochs: Annotated[int, typer.Option(help="Max epochs.")] = 8,
     max_minutes: Annotated[
         float | None, typer.Option(help="Wall-clock budget; training stops early to meet it.")
@@ -340,6 +344,7 @@ def train(
         wide_buckets=wide_buckets,
         linear_text=linear_text,
         linear_c=linear_c,
+        mention_fusion=mention_fusion,
         epochs=epochs,
         max_minutes=max_minutes,
         batch_size=batch_size,

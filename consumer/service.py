@@ -518,7 +518,7 @@ class EnrichService:
         image_probs = list(await asyncio.gather(*(self._image_batcher.submit(v) for v in views)))
         text_probs = await text_future if text_future is not None else None
         metrics.STAGE_SECONDS.labels(stage="inference").observe(time.perf_counter() - infer_started)
-        predictions = bundle.combine(text_probs, image_probs)
+        predictions = bundle.combine(text_probs, image_probs, text=text)
         modalities = (["image"] if image_probs else []) + (["text"] if text_probs is not None else [])
         return build_enriched_event(
             product,

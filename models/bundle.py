@@ -20,7 +20,7 @@ Consumer usage (see docs/architecture.md)::
     views = bundle.image_views(pil_rgb)                      # worker thread
     tp = bundle.predict_texts([text])[0]                    # inference thread (BERT + wide, pooled)
     ip = bundle.predict_images([views])[0]
-    preds = bundle.combine(tp, [ip])                         # {attr: AttributePrediction}
+    preds = bundle.combine(tp, [ip], text=text)              # {attr: AttributePrediction}
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from models.ensemble import AttributePrediction, Ensemble, PoolParams, average_image_probs
+from models.ensemble import UNMENTIONED, AttributePrediction, Ensemble, PoolParams, average_image_probs
 from models.image_model import ImagePreprocess, MultiTaskImageModel, build_backbone
 from models.taxonomy import Taxonomy
+from models.text_clean import mentions
 from models.text_clean import text_input as _text_input
 from models.text_model import MultiTaskTextModel, load_encoder, load_tokenizer, wide_batch
 from models.wide import WIDE_JSON, WIDE_WEIGHTS, WideTextModel
@@ -184,6 +185,10 @@ class Bundle:
         tf = dict(manifest.get("text_fusion") or {})
         tf.pop("sources", None)
         self.text_fusion: dict[str, PoolParams] = {a: PoolParams.from_json(d) for a, d in tf.items()}
+        #: per attribute, the words whose absence from the text selects the ``-unmentioned`` fusion modes
+        self.mention_words: dict[str, frozenset[str]] = {
+            a: frozenset(w) for a, w in (manifest.get("mention_words") or {}).items()
+        }
         self._lock = threading.Lock()
 
     # --- loading ---------------------------------------------------------------------------------------
@@ -230,6 +235,10 @@ class Bundle:
     def image_views(self, pil_rgb: Image.Image) -> torch.Tensor:
         """``[2, 3, S, S]`` CPU tensor from a photo of any size or aspect ratio (worker-thread safe)."""
         return self.preprocess.views(pil_rgb)
+
+    def mentioned(self, text: str | None) -> dict[str, bool]:
+        """Per attribute with mention words: does the model text name one of its values?"""
+        return {a: mentions(text or "", w) for a, w in self.mention_words.items()}
 
     # --- inference (one inference thread) --------------------------------------------------------------
     def _probs(self, logits: Mapping[str, torch.Tensor]) -> list[dict[str, np.ndarray]]:
@@ -307,12 +316,16 @@ class Bundle:
         return out
 
     def combine(self, text_probs: Mapping[str, np.ndarray] | None,
-                image_probs: Sequence[Mapping[str, np.ndarray]]) -> dict[str, AttributePrediction]:
+                image_probs: Sequence[Mapping[str, np.ndarray]], text: str | None = None
+                ) -> dict[str, AttributePrediction]:
         """Fuse per attribute: several images are averaged; no image -> text only; no text -> image only.
 
+        ``text`` is the model text the text probabilities came from: when it names none of an attribute's
+        values (no colour word in the title, say), the fusion's ``-unmentioned`` mode and threshold are used.
         ``value`` is ``None`` when the fused confidence is below the attribute's threshold for that input mode,
         or when neither modality said anything.
         """
+        mentioned = self.mentioned(text) if text is not None else {}
         out: dict[str, AttributePrediction] = {}
         for a in self.attributes:
             labels = self.labels[a]
@@ -324,12 +337,18 @@ class Bundle:
             if t is None and i is None:
                 out[a] = AttributePrediction(None, 0.0, float(self.thresholds.get(a, {}).get("both", 1.0)))
                 continue
-            fused, mode = self.ensemble.fuse(a, t, i)
+            fused, mode = self.ensemble.fuse(a, t, i, mentioned.get(a, True))
             k = int(np.argmax(fused))
             conf = float(fused[k])
-            thr = float(self.thresholds.get(a, {}).get(mode, 0.5))
+            thr = self.threshold(a, mode)
             out[a] = AttributePrediction(labels[k] if conf >= thr else None, conf, thr, ev_i, ev_t, fused)
         return out
+
+    def threshold(self, attr: str, mode: str) -> float:
+        """The attribute's confidence threshold for a fusion mode (an ``-unmentioned`` mode without its own
+        threshold falls back to its plain mode's)."""
+        thr = self.thresholds.get(attr, {})
+        return float(thr.get(mode, thr.get(mode.removesuffix(UNMENTIONED), 0.5)))
 
 
 def _load_prefixed(model: nn.Module, tensors: Mapping[str, torch.Tensor], prefix: str) -> None:

@@ -99,28 +99,45 @@ class FusionParams:
         cw = dict(zip(sources, pool.class_weights, strict=True)) if pool.class_weights is not None else {}
         return cls(w.get("text", 1.0), w.get("image", 1.0), pool.bias, cw.get("text"), cw.get("image"), pool.kind)
 
+    def pool(self, sources: Sequence[str]) -> PoolParams:
+        """The same numbers as a :class:`PoolParams` over ``sources`` (a subset of ``("text", "image")``)."""
+        w = {"text": self.text_weight, "image": self.image_weight}
+        cw = {"text": self.text_class_weights, "image": self.image_class_weights}
+        per_class = [cw[s] for s in sources]
+        k = next((len(c) for c in per_class if c is not None), 0)
+        return PoolParams([w[s] for s in sources], self.bias,
+                          None if not k else [c if c is not None else [0.0] * k for c in per_class], self.kind)
+
+
+#: Suffix of the fusion modes used when the text names none of the attribute's values (``fuse(...,
+#: mentioned=False)``): e.g. ``both-unmentioned`` for a title without a colour word next to a photo.
+UNMENTIONED = "-unmentioned"
+
 
 class Ensemble:
-    """``params[attr][mode]`` -> fused probabilities; modes ``both`` / ``text`` / ``image``."""
+    """``params[attr][mode]`` -> fused probabilities; modes ``both`` / ``text`` / ``image``, and optionally
+    ``both-unmentioned`` / ``text-unmentioned`` for texts that name none of the attribute's values."""
 
     def __init__(self, params: Mapping[str, Mapping[str, FusionParams]] | None = None) -> None:
         self.params: dict[str, dict[str, FusionParams]] = {a: dict(m) for a, m in (params or {}).items()}
 
-    def fuse(self, attr: str, text: np.ndarray | None, image: np.ndarray | None) -> tuple[np.ndarray, str]:
-        """Fused probabilities and the mode used. Needs at least one modality."""
-        mode = "both" if text is not None and image is not None else ("text" if text is not None else "image")
+    def fuse(self, attr: str, text: np.ndarray | None, image: np.ndarray | None, mentioned: bool = True
+             ) -> tuple[np.ndarray, str]:
+        """Fused probabilities and the mode used. Needs at least one modality.
+
+        ``mentioned=False`` (the text names none of the attribute's values) selects the ``-unmentioned``
+        variant of the mode when the bundle has one: its text weight was learnt on such texts, so a title
+        without a colour word no longer outvotes the photo.
+        """
         if text is None and image is None:
             raise ValueError("fuse needs text or image probabilities")
-        p = self.params.get(attr, {}).get(mode, FusionParams())
-        k = (text if text is not None else image).shape[-1]  # type: ignore[union-attr]
-        z = np.zeros(k, dtype=np.float64) if p.bias is None else np.asarray(p.bias, dtype=np.float64)
-        if text is not None:
-            wt = p.text_weight + (0.0 if p.text_class_weights is None else np.asarray(p.text_class_weights))
-            z = z + wt * _log(np.asarray(text, dtype=np.float64))
-        if image is not None:
-            wi = p.image_weight + (0.0 if p.image_class_weights is None else np.asarray(p.image_class_weights))
-            z = z + wi * _log(np.asarray(image, dtype=np.float64))
-        return softmax(z), mode
+        mode = "both" if text is not None and image is not None else ("text" if text is not None else "image")
+        modes = self.params.get(attr, {})
+        if not mentioned and text is not None and mode + UNMENTIONED in modes:
+            mode += UNMENTIONED
+        sources = [s for s, p in (("text", text), ("image", image)) if p is not None]
+        pool = modes.get(mode, FusionParams()).pool(sources)
+        return pool.apply([p for p in (text, image) if p is not None]), mode
 
     def to_json(self) -> dict[str, Any]:
         """Manifest form."""
@@ -315,3 +332,24 @@ def select_pool(probs: Sequence[np.ndarray], labels: np.ndarray, names: Sequence
         _, fb, pc, l2 = best
         params = fit_pool(lps, y, fit_bias=fb, per_class=pc, l2=l2, kind=best_name)
     return PoolSelection(params, oofs[best_name], scores)
+
+
+def fit_mode(probs: Mapping[str, np.ndarray], labels: np.ndarray, target_precision: float
+             ) -> tuple[FusionParams, float, dict[str, Any]]:
+    """One attribute's fusion for one input mode: ``probs`` maps ``"text"`` and/or ``"image"`` to ``[N, K]``.
+
+    The pool is chosen by :func:`select_pool`; the threshold and the reported validation metrics come from
+    its *out-of-fold* probabilities. Returns ``(params, threshold, metrics)``.
+    """
+    srcs = [s for s in ("text", "image") if s in probs]
+    y = np.asarray(labels, dtype=np.int64)
+    sel = select_pool([probs[s] for s in srcs], y, srcs)
+    params = FusionParams.from_pool(sel.params, srcs)
+    conf, pred = sel.oof.max(1), sel.oof.argmax(1)
+    correct = (pred == y).astype(np.float64)
+    thr = choose_threshold(conf, correct, target_precision)
+    prec, cov = precision_coverage(conf, correct, thr, len(y))
+    metrics = {"n": len(y), "accuracy": float(correct.mean()), "precision": prec, "coverage": cov,
+               "kind": params.kind, "text_weight": params.text_weight, "image_weight": params.image_weight,
+               "cv": {c: {m: round(v, 5) for m, v in sc.items()} for c, sc in sel.scores.items()}}
+    return params, thr, metrics

@@ -34,8 +34,9 @@ from tqdm import tqdm
 
 from models.baseline import fit_predict, score
 from models.bundle import Bundle
+from models.compare import paired
 from models.data import Product, read_catalog, split_of
-from models.text_clean import remove_words
+from models.text_clean import mentions, remove_words
 from models.train import load_image, prefetch
 
 log = logging.getLogger(__name__)
@@ -107,9 +108,12 @@ def evaluate_command(
       --progress / --no-progress   progress bars [progress]
 
     Report shape: ``{"attributes": {ATTR: {"image"|"text"|"ensemble": {"n", "n_input", "accuracy",
-    "macro_f1", "precision", "coverage"}}}, "subsets": {"with_image": {...same...}},
+    "macro_f1", "precision", "coverage"}}}, "subsets": {"with_image": {...same...}, "unmentioned_with_image":
+    {...same: products with a photo whose text names none of the attribute's values...}},
     "baselines": {"tfidf_logreg": {ATTR: {...}}}, "components": {ATTR: {"text_bert"|"text_wide": {"n_input",
-    "accuracy", "with_image": {...}}}}, "bundle": {...}}``; fractions in 0..1.
+    "accuracy", "with_image": {...}}}}, "comparisons": {ATTR: {"ensemble_vs_text" | "ensemble_vs_tfidf_logreg" |
+    "ensemble_vs_image_with_image" | "ensemble_vs_text_with_image": {"n", "a_only_right", "b_only_right",
+    "p_value"}}}, "bundle": {...}}``; fractions in 0..1 (``a`` is the ensemble; p: exact McNemar test).
     """
     t0 = time.monotonic()
     b = Bundle.load(bundle, device=device)
@@ -133,6 +137,7 @@ def evaluate_command(
         return remove_words(t, words) if words else t
 
     texts = [txt(p) for p in rows]
+    mentioned = [b.mentioned(t) for t in texts]
     text_parts = b.predict_text_parts(texts)
     text_probs = [b.pool_text(tp) if tp else {} for tp in text_parts]
 
@@ -152,8 +157,10 @@ def evaluate_command(
     has_img = np.array([p is not None for p in image_probs])
     has_txt = np.array([bool(t) for t in text_probs])
 
-    report: dict[str, Any] = {"attributes": {}, "subsets": {"with_image": {"attributes": {}}}, "baselines": {},
-                              "components": {}}
+    report: dict[str, Any] = {"attributes": {}, "subsets": {"with_image": {"attributes": {}},
+                                                            "unmentioned_with_image": {"attributes": {}}},
+                              "baselines": {}, "components": {}, "comparisons": {}}
+    preds: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     confusions: dict[str, tuple[np.ndarray, list[str]]] = {}
     attrs = [a for a in b.attributes if not attributes or a in attributes]
@@ -162,7 +169,6 @@ def evaluate_command(
         y_all = np.array([att.encode(p.labels.get(a)) for p in rows])
         lab = np.nonzero(y_all >= 0)[0]
         y = y_all[lab]
-        thr_mode = b.thresholds.get(a, {})
         out: dict[str, dict[str, np.ndarray]] = {}
         for mod in MODALITIES:
             pred = np.zeros(len(lab), dtype=np.int64)
@@ -178,15 +184,18 @@ def evaluate_command(
                     tp = None
                 if tp is None and ip is None:
                     continue
-                fused, mode = b.ensemble.fuse(a, tp, ip)
+                fused, mode = b.ensemble.fuse(a, tp, ip, mentioned[i].get(a, True))
                 pred[j], conf[j], has[j] = int(fused.argmax()), float(fused.max()), True
-                thr[j] = float(thr_mode.get(mode, 0.5))
+                thr[j] = b.threshold(a, mode)
             out[mod] = {"pred": pred, "conf": conf, "has": has, "thr": thr}
         report["attributes"][a] = {m: _metrics(y, **out[m]) for m in MODALITIES}
         sub = has_img[lab]
-        report["subsets"]["with_image"]["attributes"][a] = {
-            m: _metrics(y[sub], **{k: v[sub] for k, v in out[m].items()}) for m in MODALITIES
-        }
+        words = b.mention_words.get(a) or frozenset(b.taxonomy.value_words(a))
+        unm = sub & np.array([not mentions(texts[i], words) for i in lab], dtype=bool)
+        for name, rows_mask in (("with_image", sub), ("unmentioned_with_image", unm)):
+            report["subsets"][name]["attributes"][a] = {
+                m: _metrics(y[rows_mask], **{k: v[rows_mask] for k, v in out[m].items()}) for m in MODALITIES
+            }
         curves[a] = {}
         for m in MODALITIES:
             c, ok = out[m]["conf"], out[m]["has"]
@@ -206,6 +215,14 @@ def evaluate_command(
                                        "with_image": {"n_input": int(wi.sum()),
                                                       "accuracy": float(ok[wi].mean()) if wi.any() else 0.0}}
         report["components"][a] = comp
+        # a modality without input answered nothing (-1), so it is wrong there
+        e, t, i = (np.where(out[m]["has"], out[m]["pred"], -1) for m in ("ensemble", "text", "image"))
+        preds[a] = (lab, y, e)
+        report["comparisons"][a] = {
+            "ensemble_vs_text": paired(y, e, t),
+            "ensemble_vs_image_with_image": paired(y, e, i, sub),
+            "ensemble_vs_text_with_image": paired(y, e, t, sub),
+        }
         e = out["ensemble"]
         confusions[a] = (confusion_matrix(y[e["has"]], e["pred"][e["has"]], labels=np.arange(len(att.values))),
                          att.values)
@@ -225,6 +242,9 @@ def evaluate_command(
                 yte = np.array([att.encode(p.labels.get(a)) for p in rows])
                 pred = fit_predict(tr_titles, ytr, te_titles)
                 bl[a] = score(pred, yte)
+                lab, y, ens_pred = preds[a]
+                if pred is not None:
+                    report["comparisons"][a]["ensemble_vs_tfidf_logreg"] = paired(y, ens_pred, pred[lab])
                 bl_img[a] = score(pred, np.where(has_img, yte, -1))
             report["baselines"]["tfidf_logreg"] = bl
             report["subsets"]["with_image"]["baselines"] = {"tfidf_logreg": bl_img}

@@ -181,14 +181,24 @@ class Taxonomy:
                 out[name] = Attribute(name, values, merged)
         return cls(out)
 
-    def color_words(self) -> set[str]:
-        """Every word of every colour value and colour synonym (for the colour-words-removed check)."""
+    def value_words(self, attribute: str) -> set[str]:
+        """Every word of the attribute's values, merged values and vendor synonyms (``other`` excluded).
+
+        Why: whether a title *names* the attribute decides how far its text prediction can be trusted (a
+        title without a colour word leaves colour to the photo); the fusion keeps a separate calibration for
+        texts that mention none of these words (``Ensemble.fuse(..., mentioned=False)``).
+        """
         words: set[str] = set()
-        if "color" in self.attributes:
-            for v in [*self.attributes["color"].values, *self.attributes["color"].merged]:
-                words.update(v.split())
-        for k, v in SYNONYMS["color"].items():
+        att = self.attributes.get(attribute)
+        if att is not None:
+            for v in [*att.values, *att.merged]:
+                words.update(v.replace("-", " ").split())
+        for k, v in SYNONYMS.get(attribute, {}).items():
             words.update(k.replace("-", " ").split())
             words.update(v.split())
         words.discard(OTHER)
-        return words
+        return {w for w in words if len(w) > 1}
+
+    def color_words(self) -> set[str]:
+        """Every word of every colour value and colour synonym (for the colour-words-removed check)."""
+        return self.value_words("color")

@@ -7,6 +7,7 @@ cheap and deterministic, and it is applied identically at training and serving t
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 
@@ -49,9 +50,19 @@ def text_input(title: str | None, description: str | None = None, brand: str | N
     return " . ".join(p for p in parts if p)
 
 
-def remove_words(text: str, words: set[str]) -> str:
+@functools.lru_cache(maxsize=64)
+def _words_pattern(words: frozenset[str]) -> re.Pattern[str]:
+    """One case-insensitive whole-word alternation (longest first, so "navy blue" wins over "blue")."""
+    return re.compile(r"\b(" + "|".join(sorted(map(re.escape, words), key=len, reverse=True)) + r")\b", re.I)
+
+
+def remove_words(text: str, words: set[str] | frozenset[str]) -> str:
     """Drop whole words (case-insensitive), used to test that colour comes from pixels, not the title."""
     if not words:
         return text
-    pattern = re.compile(r"\b(" + "|".join(sorted(map(re.escape, words), key=len, reverse=True)) + r")\b", re.I)
-    return _WS.sub(" ", pattern.sub(" ", text)).strip()
+    return _WS.sub(" ", _words_pattern(frozenset(words)).sub(" ", text)).strip()
+
+
+def mentions(text: str, words: set[str] | frozenset[str]) -> bool:
+    """Whether ``text`` contains any of ``words`` as a whole word (case-insensitive)."""
+    return bool(words) and _words_pattern(frozenset(words)).search(text) is not None

@@ -36,7 +36,10 @@ def test_training_lowers_the_loss_and_resumes(trained: tuple[Path, Path, dict]) 
         assert hist[-1]["train_loss"][kind] < hist[0]["train_loss"][kind]
         assert min(h[f"val_loss_{kind}"] for h in hist) < hist[0][f"val_loss_{kind}"]
     assert "pattern" in summary["attributes"] and "color" in summary["attributes"]
-    assert set(manifest["thresholds"]["color"]) == {"both", "text", "image"}
+    # colour words are in most titles: the bundle also has fusion modes for titles that name no colour
+    assert "black" in manifest["mention_words"]["color"]
+    assert set(manifest["thresholds"]["color"]) == {"both", "text", "image", "both-unmentioned", "text-unmentioned"}
+    assert set(manifest["fusion"]["color"]) == set(manifest["thresholds"]["color"])
     assert manifest["split"]["seed"] == 1
     # the wide TF-IDF text model travels in the bundle (JSON + safetensors) and is pooled into the served text
     assert manifest["wide"]["json"] == "wide.json" and (bundle / "wide.safetensors").is_file()
@@ -60,6 +63,13 @@ def test_bundle_serves_and_evaluates(trained: tuple[Path, Path, dict], tmp_path:
     assert json.loads((tmp_path / "r.json").read_text())["bundle"]["version"] == b.version
     assert b.wide is not None
     assert set(report["components"]["color"]) == {"text_bert", "text_wide"}
+    cmp = report["comparisons"]["color"]
+    assert set(cmp) == {"ensemble_vs_text", "ensemble_vs_tfidf_logreg", "ensemble_vs_image_with_image",
+                        "ensemble_vs_text_with_image"}
+    assert cmp["ensemble_vs_text"]["n"] == report["attributes"]["color"]["ensemble"]["n"]
+    assert 0.0 < cmp["ensemble_vs_text"]["p_value"] <= 1.0
+    unm = report["subsets"]["unmentioned_with_image"]["attributes"]["color"]["ensemble"]
+    assert unm["n"] <= report["subsets"]["with_image"]["attributes"]["color"]["ensemble"]["n"]
     assert (tmp_path / "r_plots" / "color_confusion.png").is_file()
     assert (tmp_path / "r_plots" / "color_precision_coverage.png").is_file()
 
