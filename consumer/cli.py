@@ -298,9 +298,9 @@ def train(
     ] = True,
     linear_c: Annotated[float, typer.Option(help="Inverse L2 strength of that logistic regression.")] = 10.0,
     mention_fusion: Annotated[
-        bool, typer.Option(help="Also fit fusion modes for texts that name none of an attribute's values "
-                                "(e.g. no colour word: trust the photo more).")
-    ] = True,
+        str, typer.Option(help="Comma-separated attributes that also get fusion modes for texts naming none of "
+                               "their values (no colour word: trust the photo more); '' for none.")
+    ] = "color",
     epochs: Annotated[int, typer.Option(help="Max epochs.")] = 8,
     max_minutes: Annotated[
         float | None, typer.Option(help="Wall-clock budget; training stops early to meet it.")

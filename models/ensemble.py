@@ -334,22 +334,27 @@ def select_pool(probs: Sequence[np.ndarray], labels: np.ndarray, names: Sequence
     return PoolSelection(params, oofs[best_name], scores)
 
 
-def fit_mode(probs: Mapping[str, np.ndarray], labels: np.ndarray, target_precision: float
-             ) -> tuple[FusionParams, float, dict[str, Any]]:
+def fit_mode(probs: Mapping[str, np.ndarray], labels: np.ndarray, target_precision: float,
+             fixed: FusionParams | None = None) -> tuple[FusionParams, float, dict[str, Any]]:
     """One attribute's fusion for one input mode: ``probs`` maps ``"text"`` and/or ``"image"`` to ``[N, K]``.
 
     The pool is chosen by :func:`select_pool`; the threshold and the reported validation metrics come from
-    its *out-of-fold* probabilities. Returns ``(params, threshold, metrics)``.
+    its *out-of-fold* probabilities. With ``fixed``, that pool is kept and only the threshold is fitted.
+    Returns ``(params, threshold, metrics)``.
     """
     srcs = [s for s in ("text", "image") if s in probs]
     y = np.asarray(labels, dtype=np.int64)
-    sel = select_pool([probs[s] for s in srcs], y, srcs)
-    params = FusionParams.from_pool(sel.params, srcs)
-    conf, pred = sel.oof.max(1), sel.oof.argmax(1)
+    if fixed is not None:
+        params, scores = fixed, {}
+        oof = fixed.pool(srcs).apply([probs[s] for s in srcs])
+    else:
+        sel = select_pool([probs[s] for s in srcs], y, srcs)
+        params, scores, oof = FusionParams.from_pool(sel.params, srcs), sel.scores, sel.oof
+    conf, pred = oof.max(1), oof.argmax(1)
     correct = (pred == y).astype(np.float64)
     thr = choose_threshold(conf, correct, target_precision)
     prec, cov = precision_coverage(conf, correct, thr, len(y))
     metrics = {"n": len(y), "accuracy": float(correct.mean()), "precision": prec, "coverage": cov,
                "kind": params.kind, "text_weight": params.text_weight, "image_weight": params.image_weight,
-               "cv": {c: {m: round(v, 5) for m, v in sc.items()} for c, sc in sel.scores.items()}}
+               "cv": {c: {m: round(v, 5) for m, v in sc.items()} for c, sc in scores.items()}}
     return params, thr, metrics

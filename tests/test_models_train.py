@@ -40,6 +40,8 @@ def test_training_lowers_the_loss_and_resumes(trained: tuple[Path, Path, dict]) 
     assert "black" in manifest["mention_words"]["color"]
     assert set(manifest["thresholds"]["color"]) == {"both", "text", "image", "both-unmentioned", "text-unmentioned"}
     assert set(manifest["fusion"]["color"]) == set(manifest["thresholds"]["color"])
+    assert manifest["fusion"]["color"]["text-unmentioned"] == manifest["fusion"]["color"]["text"]  # own threshold only
+    assert set(manifest["mention_words"]) == {"color"}  # the default: colour, a closed vocabulary
     assert manifest["split"]["seed"] == 1
     # the wide TF-IDF text model travels in the bundle (JSON + safetensors) and is pooled into the served text
     assert manifest["wide"]["json"] == "wide.json" and (bundle / "wide.safetensors").is_file()
