@@ -59,13 +59,24 @@ def ensure_sample_catalog(cache: Path) -> Path:
 
 
 def ensure_demo_bundle(cache: Path, styles: Path) -> Path:
-    from models.train import train_demo_bundle
+    """The cached demo bundle, (re)trained when missing or made by another demo configuration.
+
+    Why the key file: a checkout updated after its first ``make demo`` would otherwise keep serving a bundle
+    that lacks what the new training code adds (``models.train.demo_bundle_key`` changes with it).
+    """
+    from models.train import demo_bundle_key, train_demo_bundle
 
     bundle = cache / "demo-bundle"
-    if not (bundle / "manifest.json").is_file():
-        console.print("[bold]training the demo model bundle[/] (first run only; `enrich train` on the sample catalog)")
+    key_file = cache / "demo-bundle.key"
+    key = demo_bundle_key()
+    exists = (bundle / "manifest.json").is_file()
+    stale = exists and (not key_file.is_file() or key_file.read_text().strip() != key)
+    if stale or not exists:
+        why = "the demo configuration changed" if stale else "first run only"
+        console.print(f"[bold]training the demo model bundle[/] ({why}; `enrich train` on the sample catalog)")
         started = time.perf_counter()
         train_demo_bundle(styles, bundle)
+        key_file.write_text(key + "\n")
         console.print(f"demo bundle trained in {time.perf_counter() - started:.0f}s -> {bundle}")
     return bundle
 

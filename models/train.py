@@ -800,6 +800,16 @@ DEMO_CONFIG: dict[str, Any] = {
 }
 
 
+#: Bump when the training code changes what a demo bundle holds (e.g. revision 2: colour ``-unmentioned``
+#: fusion modes), so cached demo bundles are retrained (``consumer.demo.ensure_demo_bundle``).
+DEMO_REVISION = 2
+
+
+def demo_bundle_key() -> str:
+    """Identifies the demo bundle a checkout would train: its configuration and :data:`DEMO_REVISION`."""
+    return _key(DEMO_REVISION, sorted(DEMO_CONFIG.items()))
+
+
 def train_demo_bundle(styles: str | Path, out: str | Path, seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """Train the demo bundle with ``enrich train`` (``train_command``) on a small (synthetic) catalog.
 
