@@ -216,12 +216,12 @@ def evaluate_command(
                                                       "accuracy": float(ok[wi].mean()) if wi.any() else 0.0}}
         report["components"][a] = comp
         # a modality without input answered nothing (-1), so it is wrong there
-        e, t, i = (np.where(out[m]["has"], out[m]["pred"], -1) for m in ("ensemble", "text", "image"))
-        preds[a] = (lab, y, e)
+        answered = {m: np.where(out[m]["has"], out[m]["pred"], -1) for m in MODALITIES}
+        preds[a] = (lab, y, answered["ensemble"])
         report["comparisons"][a] = {
-            "ensemble_vs_text": paired(y, e, t),
-            "ensemble_vs_image_with_image": paired(y, e, i, sub),
-            "ensemble_vs_text_with_image": paired(y, e, t, sub),
+            "ensemble_vs_text": paired(y, answered["ensemble"], answered["text"]),
+            "ensemble_vs_image_with_image": paired(y, answered["ensemble"], answered["image"], sub),
+            "ensemble_vs_text_with_image": paired(y, answered["ensemble"], answered["text"], sub),
         }
         e = out["ensemble"]
         confusions[a] = (confusion_matrix(y[e["has"]], e["pred"][e["has"]], labels=np.arange(len(att.values))),
@@ -242,9 +242,9 @@ def evaluate_command(
                 yte = np.array([att.encode(p.labels.get(a)) for p in rows])
                 pred = fit_predict(tr_titles, ytr, te_titles)
                 bl[a] = score(pred, yte)
-                lab, y, ens_pred = preds[a]
+                rows_a, y_a, ens_a = preds[a]
                 if pred is not None:
-                    report["comparisons"][a]["ensemble_vs_tfidf_logreg"] = paired(y, ens_pred, pred[lab])
+                    report["comparisons"][a]["ensemble_vs_tfidf_logreg"] = paired(y_a, ens_a, pred[rows_a])
                 bl_img[a] = score(pred, np.where(has_img, yte, -1))
             report["baselines"]["tfidf_logreg"] = bl
             report["subsets"]["with_image"]["baselines"] = {"tfidf_logreg": bl_img}

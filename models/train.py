@@ -43,14 +43,7 @@ from tqdm import tqdm
 
 from models.bundle import resolve_device, save_bundle
 from models.data import Product, read_catalog, split_products
-from models.ensemble import (
-    UNMENTIONED,
-    Ensemble,
-    FusionParams,
-    PoolParams,
-    fit_mode,
-    select_pool,
-)
+from models.ensemble import UNMENTIONED, Ensemble, FusionParams, PoolParams, fit_mode, select_pool
 from models.image_model import ImagePreprocess, MultiTaskImageModel, build_backbone
 from models.multitask import MultiDatasetSampler, masked_multitask_loss
 from models.taxonomy import KAGGLE_COLUMNS, Taxonomy
@@ -655,10 +648,11 @@ def unmentioned_text_probs(text_model: MultiTaskTextModel, tokenizer: Any, max_l
     """Per attribute: what the text sources say about validation texts once the attribute's value words are
     removed (``Taxonomy.value_words``), the training data of the ``-unmentioned`` fusion modes.
 
-    Why: ~3% of real titles name no colour, and there the text model guesses from the product type (about a
-    third right) while the photo is twice as accurate; a fusion fitted on titles that do name the colour
-    trusts the text anyway. Removing the words from the validation texts that have them gives thousands of
-    such rows to learn the other weighting from, without touching the training split.
+    Why: ~8% of the real catalog's titles name no colour (3% of those with a photo), and there the text
+    model guesses from the product type (about a third right) while the photo is right twice as often; a
+    fusion fitted on titles that do name the colour trusts the text anyway. Removing the words from the
+    validation texts that have them gives thousands of such rows to learn the other weighting from, without
+    touching the training split.
 
     Only for attributes with a closed vocabulary (colour is the default): a title stripped of its colour
     words reads like a title that never had one, but a title stripped of "shirts" is much harder than a
