@@ -44,7 +44,7 @@ MODALITIES = ("image", "text", "ensemble")
 
 
 def _color_words(bundle: Bundle) -> set[str]:
-    words = bundle.taxonomy.color_words()
+    words = bundle.taxonomy.value_words("color")
     try:
         from models.catalog.synthetic import VENDOR_COLOR_NAMES
 

@@ -198,7 +198,3 @@ class Taxonomy:
             words.update(v.split())
         words.discard(OTHER)
         return {w for w in words if len(w) > 1}
-
-    def color_words(self) -> set[str]:
-        """Every word of every colour value and colour synonym (for the colour-words-removed check)."""
-        return self.value_words("color")

@@ -666,13 +666,13 @@ def unmentioned_text_probs(text_model: MultiTaskTextModel, tokenizer: Any, max_l
             if a not in attributes:
                 continue
             words = frozenset(taxonomy.value_words(a))
-            labelled = [(d, i) for d in val if d.kind == "text" for i in range(len(d.texts)) if d.labels[i, j] >= 0]
-            texts = [(d, i) for d, i in labelled if mentions(d.texts[i], words)]
-            if len(texts) < max(5, MIN_MENTIONED_SHARE * len(labelled)):
+            labelled = [(d, [i for i in range(len(d.texts)) if d.labels[i, j] >= 0]) for d in val if d.kind == "text"]
+            named = [(d, [i for i in rows if mentions(d.texts[i], words)]) for d, rows in labelled]
+            n_named = sum(len(rows) for _, rows in named)
+            if n_named < max(5, MIN_MENTIONED_SHARE * sum(len(rows) for _, rows in labelled)):
                 continue
-            u = Unmentioned(words, {(d.catalog, d.ids[i]) for d, i in texts}, {})
-            for d in {id(d): d for d, _ in texts}.values():
-                idx = [i for dd, i in texts if dd is d]
+            u = Unmentioned(words, {(d.catalog, d.ids[i]) for d, rows in named for i in rows}, {})
+            for d, idx in named:
                 stripped = [remove_words(d.texts[i], words) for i in idx]
                 keep = [r for r, t in enumerate(stripped) if t.strip()]
                 if not keep:
