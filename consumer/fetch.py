@@ -9,7 +9,8 @@ vendor must not stall a partition. So a fetch:
 * follows redirects itself (``allow_redirects=False``), re-validating every hop the same way, so a public
   URL cannot bounce us to ``169.254.169.254``;
 * runs under one deadline (``total_timeout_s``) covering every hop, retry and backoff, with a separate
-  TCP connect timeout; retries only connection errors and 5xx, with jittered exponential backoff;
+  TCP connect timeout; retries only connection errors, 5xx and 429, with jittered exponential backoff,
+  never sooner than a ``Retry-After`` the server sent (and not at all when that is past the deadline);
 * checks the status, the Content-Type allow-list and Content-Length, then streams the body counting bytes,
   because Content-Length is optional and can lie (chunked bodies have none);
 * decodes in the executor with :func:`~consumer.image_decode.decode_image` (format allow-list, pixel limit,
@@ -24,12 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import email.utils
 import functools
 import random
 import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Any, Literal, get_args
 
 import aiohttp
@@ -101,13 +104,44 @@ class FetchResult:
 
 
 class _Failure(Exception):
-    """Ends a fetch with ``status``; ``retryable`` marks connection errors and 5xx."""
+    """Ends a fetch with ``status``; ``retryable`` marks connection errors, 5xx and 429, ``retry_after_s``
+    the wait a server asked for."""
 
-    def __init__(self, status: FetchStatus, reason: str, *, retryable: bool = False) -> None:
+    def __init__(self, status: FetchStatus, reason: str, *, retryable: bool = False,
+                 retry_after_s: float | None = None) -> None:
         super().__init__(f"{status}: {reason}")
         self.status: FetchStatus = status
         self.reason = reason
         self.retryable = retryable
+        self.retry_after_s = retry_after_s
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+_DELAY_SECONDS = re.compile(r"[0-9]+")
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """The wait a ``Retry-After`` header asks for (RFC 9110: delay-seconds or an HTTP-date), in seconds.
+
+    ``None`` when the header is absent or unreadable (then our own backoff applies); a date in the past is 0.
+    Why honour it: a vendor CDN that sheds load with 503/429 says when it will serve again, and retrying
+    sooner only adds to the load it is shedding.
+    """
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    if _DELAY_SECONDS.fullmatch(value):
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 @dataclass
@@ -319,7 +353,7 @@ class ImageFetcher:
     async def _request_with_retries(
         self, url: URL, progress: _Progress, deadline: float
     ) -> tuple[URL | None, bytes | None]:
-        """One hop, retried on connection errors and 5xx while retries and the deadline allow."""
+        """One hop, retried on connection errors, 5xx and 429 while retries and the deadline allow."""
         s = self._settings
         loop = asyncio.get_running_loop()
         attempts = 0
@@ -330,13 +364,19 @@ class ImageFetcher:
             except _Failure as failure:
                 if not failure.retryable or progress.retries >= s.retries:
                     if attempts > 1:
-                        failure.reason += f" (after {attempts} attempts)"
+                        failure.reason += f" (after {_plural(attempts, 'attempt')})"
                     raise
                 # Jitter so that many products hitting one failing CDN do not retry in lockstep.
                 delay = s.backoff_s * (2**progress.retries) * random.uniform(0.5, 1.0)
+                if failure.retry_after_s is not None:
+                    delay = max(delay, failure.retry_after_s)  # the server said when; never sooner
                 if loop.time() + delay >= deadline:
                     # Sleeping would only end in a timeout; the real failure is more useful.
-                    failure.reason += f" (after {attempts} attempts; no time left to retry)"
+                    if failure.retry_after_s is not None and failure.retry_after_s >= delay:
+                        failure.reason += (f" (after {_plural(attempts, 'attempt')}; the server asked to retry after "
+                                           f"{failure.retry_after_s:g} s, past the deadline)")
+                    else:
+                        failure.reason += f" (after {_plural(attempts, 'attempt')}; no time left to retry)"
                     raise
                 progress.retries += 1
                 progress.phase = f"backing off before retry {progress.retries}"
@@ -355,8 +395,9 @@ class ImageFetcher:
                 progress.http_status = resp.status
                 if resp.status in _REDIRECT_CODES:
                     return self._redirect_target(resp), None
-                if resp.status >= 500:
-                    raise _Failure("http_error", f"HTTP {resp.status}", retryable=True)
+                if resp.status >= 500 or resp.status == 429:
+                    raise _Failure("http_error", f"HTTP {resp.status}", retryable=True,
+                                   retry_after_s=retry_after_seconds(resp.headers.get("Retry-After")))
                 if not 200 <= resp.status < 300:
                     raise _Failure("http_error", f"HTTP {resp.status}")
                 self._check_headers(resp)

@@ -27,7 +27,8 @@ class FetchSettings(BaseModel):
     max_images_per_product: int = Field(4, ge=0)
     per_host_connections: int = Field(8, ge=1)
     total_connections: int = Field(64, ge=1)
-    retries: int = Field(2, ge=0, description="Retries on connection errors and 5xx only.")
+    retries: int = Field(2, ge=0, description="Retries on connection errors, 5xx and 429 only "
+                                              "(never sooner than a Retry-After asks).")
     backoff_s: float = Field(0.2, ge=0)
     max_redirects: int = Field(5, ge=0)
     allowed_content_types: list[str] = ["image/jpeg", "image/png", "image/webp", "image/gif"]

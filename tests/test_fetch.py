@@ -260,6 +260,51 @@ def test_backoff_grows_exponentially() -> None:
     assert gaps[0] >= 0.024 and gaps[1] >= 0.049 and gaps[2] >= 0.099
 
 
+def _shedding(first: int, retry_after: str | None, times: list[float]) -> Handler:
+    """``first`` with ``Retry-After: retry_after`` on the first request, the JPEG afterwards."""
+
+    async def handler(_: web.Request) -> web.StreamResponse:
+        times.append(time.perf_counter())
+        if len(times) == 1:
+            return web.Response(status=first, headers={"Retry-After": retry_after} if retry_after else {})
+        return web.Response(body=JPEG, content_type="image/jpeg")
+
+    return handler
+
+
+@pytest.mark.parametrize("code", [503, 429])
+def test_retry_after_is_waited_for_before_the_retry(code: int) -> None:
+    times: list[float] = []
+    result, _ = run(fetch_one({"/shed.jpg": _shedding(code, "1", times)}, "/shed.jpg", backoff_s=0.01))
+    assert result.status == "ok" and len(times) == 2
+    assert times[1] - times[0] >= 0.99  # our own backoff alone would have come back within 10 ms
+
+
+def test_429_without_retry_after_is_retried_with_backoff() -> None:
+    times: list[float] = []
+    result, _ = run(fetch_one({"/shed.jpg": _shedding(429, None, times)}, "/shed.jpg"))
+    assert result.status == "ok" and len(times) == 2
+
+
+def test_retry_after_past_the_deadline_fails_at_once_with_the_reason() -> None:
+    times: list[float] = []
+    result, _ = run(fetch_one({"/shed.jpg": _shedding(503, "30", times)}, "/shed.jpg", total_timeout_s=3.0))
+    assert (result.status, result.http_status) == ("http_error", 503)
+    assert result.reason == "HTTP 503 (after 1 attempt; the server asked to retry after 30 s, past the deadline)"
+    assert len(times) == 1 and result.elapsed_ms < 1000  # did not sleep into a timeout
+
+
+def test_retry_after_values() -> None:
+    now = 1_700_000_000.0
+    date = "Tue, 14 Nov 2023 22:13:40 GMT"  # now + 20 s
+    assert fetch_module.retry_after_seconds("120", now) == 120.0
+    assert fetch_module.retry_after_seconds(" 0 ", now) == 0.0
+    assert fetch_module.retry_after_seconds(date, now) == pytest.approx(20.0)
+    assert fetch_module.retry_after_seconds("Tue, 14 Nov 2023 22:00:00 GMT", now) == 0.0  # in the past
+    for unreadable in (None, "", "soon", "-5", "1.5", "\u00b2", "Tue, 99 Nov 2023 25:00:00 GMT"):
+        assert fetch_module.retry_after_seconds(unreadable, now) is None, unreadable
+
+
 def test_connection_refused_is_retried_connection_error() -> None:
     async def main() -> FetchResult:
         with socket.socket() as sock:  # a loopback port that is certainly closed
