@@ -13,7 +13,11 @@ help:
 	@echo "make lint   - ruff"
 	@echo "make bench  - benchmarks: pipeline, model throughput, image fetch (Markdown tables for docs/benchmarks.md)"
 
+# A first install puts torch + CUDA libraries into .venv (about 6 GB): say so up front rather than fail
+# half-way with "No space left on device".
 $(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -c "import shutil, sys; free = shutil.disk_usage('.').free / 2**30; \
+	sys.exit(None if free >= 7 else f'enrich: a first install needs about 7 GB free here (torch); {free:.1f} GB free')"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-MODES = ("both", "text", "image")
 _EPS = 1e-7
 
 
