@@ -384,11 +384,18 @@ def evaluate(
     max_products: Annotated[int | None, typer.Option(help="Score at most this many rows.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
+    against: Annotated[
+        Path | None,
+        typer.Option(help="Another bundle (e.g. the one serving now) scored on the same rows, with a paired test."),
+    ] = None,
 ) -> None:
-    """Per attribute, for image-only, text-only and the ensemble: accuracy, macro-F1, precision, coverage."""
-    from models.evaluate import evaluate_command
+    """Per attribute, for image-only, text-only and the ensemble: accuracy, macro-F1, precision, coverage.
 
-    evaluate_command(
+    Prints the tables (all rows, rows with a photo, and --against when given); --json writes the full report.
+    """
+    from models.evaluate import evaluate_command, format_against, format_table
+
+    report = evaluate_command(
         bundle=str(bundle),
         catalog=str(catalog),
         json_out=str(json_out) if json_out else None,
@@ -400,7 +407,17 @@ def evaluate(
         max_products=max_products,
         device=device,
         progress=progress,
+        against=str(against) if against else None,
     )
+    cat = report["catalog"]
+    typer.echo(f"{report['bundle']['name']} {report['bundle']['version']} on {cat['path']} (split {cat['split']}: "
+               f"{cat['rows']} rows, {cat['with_image']} with a photo) in {report['seconds']} s\n")
+    typer.echo(format_table(report) + "\n")
+    typer.echo("rows with a photo:\n" + format_table(report, "with_image") + "\n")
+    if "against" in report:
+        typer.echo(format_against(report) + "\n")
+    if json_out:
+        typer.echo(f"report: {json_out}" + (f", plots: {report['plots']}" if "plots" in report else ""))
 
 
 @app.command("sample-catalog")

@@ -24,7 +24,13 @@ def paired(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, mask: np.ndarr
     m = np.asarray(y) >= 0
     if mask is not None:
         m &= np.asarray(mask, dtype=bool)
-    ra, rb = (pred_a == y)[m], (pred_b == y)[m]
+    return paired_correct((pred_a == y)[m], (pred_b == y)[m])
+
+
+def paired_correct(right_a: np.ndarray, right_b: np.ndarray) -> dict[str, Any]:
+    """:func:`paired` from per-product correctness, for two models whose label spaces differ (two bundles
+    with different taxonomies: each is scored against the label in its own encoding)."""
+    ra, rb = np.asarray(right_a, dtype=bool), np.asarray(right_b, dtype=bool)
     a_only, b_only = int((ra & ~rb).sum()), int((rb & ~ra).sum())
     p = 1.0 if a_only + b_only == 0 else float(binomtest(a_only, a_only + b_only, 0.5).pvalue)
-    return {"n": int(m.sum()), "a_only_right": a_only, "b_only_right": b_only, "p_value": p}
+    return {"n": len(ra), "a_only_right": a_only, "b_only_right": b_only, "p_value": p}

@@ -25,6 +25,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from tqdm import tqdm
 
 from models.baseline import fit_predict, score
 from models.bundle import Bundle
-from models.compare import paired
+from models.compare import paired, paired_correct
 from models.data import Product, read_catalog, split_of
 from models.text_clean import mentions, remove_words
 from models.train import load_image, prefetch
@@ -73,6 +74,66 @@ def _metrics(y: np.ndarray, pred: np.ndarray, conf: np.ndarray, has: np.ndarray,
     }
 
 
+@dataclass
+class Served:
+    """What a bundle's serving path made of each row: model text, mentions, text and image probabilities."""
+
+    texts: list[str]
+    mentioned: list[dict[str, bool]]
+    text_parts: list[dict[str, dict[str, np.ndarray]]]
+    text_probs: list[dict[str, np.ndarray]]
+    image_probs: list[dict[str, np.ndarray] | None]
+
+    @property
+    def has_image(self) -> np.ndarray:
+        return np.array([p is not None for p in self.image_probs])
+
+    def answers(self, b: Bundle, attr: str, rows: np.ndarray, modality: str) -> dict[str, np.ndarray]:
+        """``pred``, ``conf``, ``has`` (the modality had input) and ``thr`` (the threshold of the fusion mode
+        used) for ``rows``, through ``b.ensemble.fuse`` exactly as :meth:`Bundle.combine` serves them."""
+        pred = np.zeros(len(rows), dtype=np.int64)
+        conf = np.zeros(len(rows))
+        has = np.zeros(len(rows), dtype=bool)
+        thr = np.ones(len(rows))
+        for j, i in enumerate(rows):
+            tp = self.text_probs[i].get(attr) if self.text_probs[i] and modality != "image" else None
+            ip = self.image_probs[i].get(attr) if self.image_probs[i] and modality != "text" else None
+            if tp is None and ip is None:
+                continue
+            fused, mode = b.ensemble.fuse(attr, tp, ip, self.mentioned[i].get(attr, True))
+            pred[j], conf[j], has[j] = int(fused.argmax()), float(fused.max()), True
+            thr[j] = b.threshold(attr, mode)
+        return {"pred": pred, "conf": conf, "has": has, "thr": thr}
+
+
+def serve_rows(b: Bundle, rows: Sequence[Product], strip_words: set[str], progress: bool) -> Served:
+    """Run ``rows`` through ``b``'s serving path (text cleaning, both text sources, photos decoded at the
+    bundle's size). Photos are decoded in a background thread while the CNN runs."""
+
+    def txt(p: Product) -> str:
+        t = b.text_input(p.title, p.description, p.brand)
+        return remove_words(t, strip_words) if strip_words else t
+
+    texts = [txt(p) for p in rows]
+    text_parts = b.predict_text_parts(texts)
+
+    def views(p: Product) -> Any:
+        im = load_image(p.image, b.image_decode_size)
+        return None if im is None else b.image_views(im)
+
+    image_probs: list[dict[str, np.ndarray] | None] = [None] * len(rows)
+    chunk = 64
+    starts = list(range(0, len(rows), chunk))
+    results = prefetch(lambda s: [views(p) for p in rows[s : s + chunk]], starts)
+    for s, vs in tqdm(zip(starts, results, strict=True), total=len(starts), desc="images", disable=not progress):
+        idx = [s + i for i, v in enumerate(vs) if v is not None]
+        if idx:
+            for i, pr in zip(idx, b.predict_images([vs[i - s] for i in idx]), strict=True):
+                image_probs[i] = pr
+    return Served(texts, [b.mentioned(t) for t in texts], text_parts,
+                  [b.pool_text(tp) if tp else {} for tp in text_parts], image_probs)
+
+
 def evaluate_command(
     *,
     bundle: str,
@@ -86,6 +147,7 @@ def evaluate_command(
     attributes: Sequence[str] | None = None,
     device: str = "auto",
     progress: bool = True,
+    against: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a bundle on a Kaggle-format catalog; returns (and optionally writes) the JSON report.
 
@@ -106,6 +168,8 @@ def evaluate_command(
       --attribute NAME (repeatable) only these attributes [all of the bundle's]
       --device TEXT                auto | cpu | cuda [auto]
       --progress / --no-progress   progress bars [progress]
+      --against DIR                another bundle (e.g. the one serving now) scored on the same rows:
+                                   accuracy of both ensembles and the paired test (report key ``against``)
 
     Report shape: ``{"attributes": {ATTR: {"image"|"text"|"ensemble": {"n", "n_input", "accuracy",
     "macro_f1", "precision", "coverage"}}}, "subsets": {"with_image": {...same...}, "unmentioned_with_image":
@@ -113,7 +177,9 @@ def evaluate_command(
     "baselines": {"tfidf_logreg": {ATTR: {...}}}, "components": {ATTR: {"text_bert"|"text_wide": {"n_input",
     "accuracy", "with_image": {...}}}}, "comparisons": {ATTR: {"ensemble_vs_text" | "ensemble_vs_tfidf_logreg" |
     "ensemble_vs_image_with_image" | "ensemble_vs_text_with_image": {"n", "a_only_right", "b_only_right",
-    "p_value"}}}, "bundle": {...}}``; fractions in 0..1 (``a`` is the ensemble; p: exact McNemar test).
+    "p_value"}}}, "bundle": {...}}``; fractions in 0..1 (``a`` is the ensemble; p: exact McNemar test). With
+    ``against``: ``"against": {"bundle", "same_split", "attributes": {ATTR: {"n", "accuracy_a", "accuracy_b",
+    "a_only_right", "b_only_right", "p_value", "with_image": {...same...}}}}`` (``a``: this bundle).
     """
     t0 = time.monotonic()
     b = Bundle.load(bundle, device=device)
@@ -131,31 +197,10 @@ def evaluate_command(
     if max_products:
         rows = rows[:max_products]
     words = _color_words(b) if strip_color_words else set()
-
-    def txt(p: Product) -> str:
-        t = b.text_input(p.title, p.description, p.brand)
-        return remove_words(t, words) if words else t
-
-    texts = [txt(p) for p in rows]
-    mentioned = [b.mentioned(t) for t in texts]
-    text_parts = b.predict_text_parts(texts)
-    text_probs = [b.pool_text(tp) if tp else {} for tp in text_parts]
-
-    def views(p: Product) -> Any:
-        im = load_image(p.image, b.image_decode_size)
-        return None if im is None else b.image_views(im)
-
-    image_probs: list[dict[str, np.ndarray] | None] = [None] * len(rows)
-    chunk = 64
-    starts = list(range(0, len(rows), chunk))
-    results = prefetch(lambda s: [views(p) for p in rows[s : s + chunk]], starts)
-    for s, vs in tqdm(zip(starts, results, strict=True), total=len(starts), desc="images", disable=not progress):
-        idx = [s + i for i, v in enumerate(vs) if v is not None]
-        if idx:
-            for i, pr in zip(idx, b.predict_images([vs[i - s] for i in idx]), strict=True):
-                image_probs[i] = pr
-    has_img = np.array([p is not None for p in image_probs])
-    has_txt = np.array([bool(t) for t in text_probs])
+    served = serve_rows(b, rows, words, progress)
+    texts, text_parts = served.texts, served.text_parts
+    has_img = served.has_image
+    has_txt = np.array([bool(t) for t in served.text_probs])
 
     report: dict[str, Any] = {"attributes": {}, "subsets": {"with_image": {"attributes": {}},
                                                             "unmentioned_with_image": {"attributes": {}}},
@@ -169,25 +214,7 @@ def evaluate_command(
         y_all = np.array([att.encode(p.labels.get(a)) for p in rows])
         lab = np.nonzero(y_all >= 0)[0]
         y = y_all[lab]
-        out: dict[str, dict[str, np.ndarray]] = {}
-        for mod in MODALITIES:
-            pred = np.zeros(len(lab), dtype=np.int64)
-            conf = np.zeros(len(lab))
-            has = np.zeros(len(lab), dtype=bool)
-            thr = np.ones(len(lab))
-            for j, i in enumerate(lab):
-                tp = text_probs[i].get(a) if text_probs[i] else None
-                ip = image_probs[i].get(a) if image_probs[i] else None
-                if mod == "text":
-                    ip = None
-                elif mod == "image":
-                    tp = None
-                if tp is None and ip is None:
-                    continue
-                fused, mode = b.ensemble.fuse(a, tp, ip, mentioned[i].get(a, True))
-                pred[j], conf[j], has[j] = int(fused.argmax()), float(fused.max()), True
-                thr[j] = b.threshold(a, mode)
-            out[mod] = {"pred": pred, "conf": conf, "has": has, "thr": thr}
+        out = {mod: served.answers(b, a, lab, mod) for mod in MODALITIES}
         report["attributes"][a] = {m: _metrics(y, **out[m]) for m in MODALITIES}
         sub = has_img[lab]
         words = b.mention_words.get(a) or frozenset(b.taxonomy.value_words(a))
@@ -249,6 +276,9 @@ def evaluate_command(
             report["baselines"]["tfidf_logreg"] = bl
             report["subsets"]["with_image"]["baselines"] = {"tfidf_logreg": bl_img}
 
+    if against:
+        report["against"] = compare_bundles(b, served, Bundle.load(against, device=device), rows, attrs,
+                                            strip_color_words, progress)
     report["bundle"] = {
         "path": str(bundle), "name": b.name, "version": b.version, "attributes": b.attributes,
         "thresholds": b.thresholds,
@@ -266,6 +296,53 @@ def evaluate_command(
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(json_out).write_text(json.dumps(report, indent=2))
     return report
+
+
+def _trained_on(b: Bundle) -> tuple[Any, list[str]]:
+    """The split and the training catalogs (resolved): two bundles with the same hold out the same rows."""
+    cats = sorted(str(Path(c).resolve()) for c in b.manifest.get("training", {}).get("catalogs", []))
+    return b.manifest.get("split"), cats
+
+
+def compare_bundles(a: Bundle, served_a: Served, b: Bundle, rows: Sequence[Product], attrs: Sequence[str],
+                    strip_color_words: bool, progress: bool) -> dict[str, Any]:
+    """Bundle ``a`` (the one evaluated) against bundle ``b`` on the same rows: the ensemble's accuracy of each,
+    and the products only one of them gets right with the exact McNemar p-value.
+
+    Why: before rolling out a new bundle the ML team asks whether it beats the one serving now on products
+    neither was trained on, and whether a gap of a few products means anything. Each bundle is scored in its
+    own taxonomy (a value merged into ``other`` by one and kept by the other is right for both when each
+    says its own form), and a product neither bundle could answer counts as wrong for it. When the two were
+    trained on different splits or catalogs the rows may include ``b``'s training products:
+    ``same_split`` says so and a warning is logged.
+    """
+    same_split = _trained_on(a) == _trained_on(b)
+    if not same_split:
+        log.warning("bundle %s was trained on another split or catalog: some of these rows may be in its "
+                    "training data, which flatters it", b.path)
+    served_b = serve_rows(b, rows, _color_words(b) if strip_color_words else set(), progress)
+    out: dict[str, Any] = {"bundle": {"path": str(b.path), "name": b.name, "version": b.version},
+                           "same_split": same_split, "attributes": {}}
+    for attr in attrs:
+        if attr not in b.attributes:
+            continue
+        y_a = np.array([a.taxonomy.attributes[attr].encode(p.labels.get(attr)) for p in rows])
+        y_b = np.array([b.taxonomy.attributes[attr].encode(p.labels.get(attr)) for p in rows])
+        lab = np.nonzero((y_a >= 0) & (y_b >= 0))[0]
+        ea, eb = served_a.answers(a, attr, lab, "ensemble"), served_b.answers(b, attr, lab, "ensemble")
+        right_a = ea["has"] & (ea["pred"] == y_a[lab])
+        right_b = eb["has"] & (eb["pred"] == y_b[lab])
+        photo = served_a.has_image[lab] & served_b.has_image[lab]
+
+        def acc(r: np.ndarray) -> float:
+            return float(r.mean()) if len(r) else 0.0
+
+        out["attributes"][attr] = {
+            "accuracy_a": acc(right_a), "accuracy_b": acc(right_b), **paired_correct(right_a, right_b),
+            "with_image": {"accuracy_a": acc(right_a[photo]), "accuracy_b": acc(right_b[photo]),
+                           **paired_correct(right_a[photo], right_b[photo])},
+        }
+    return out
 
 
 def write_plots(out: Path, curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]],
@@ -321,5 +398,18 @@ def format_table(report: dict[str, Any], subset: str | None = None) -> str:
             f"| {b.get('accuracy', float('nan')):.3f} | {r['ensemble']['precision']:.3f} @ "
             f"{r['ensemble']['coverage']:.3f} |"
         )
+    return "\n".join(lines)
+
+
+def format_against(report: dict[str, Any]) -> str:
+    """A Markdown table of :func:`compare_bundles`: this bundle's ensemble against the other's."""
+    ag = report["against"]
+    lines = [f"this bundle ({report['bundle']['version']}) vs {ag['bundle']['path']} ({ag['bundle']['version']})"
+             + ("" if ag["same_split"] else " -- trained on another split: its numbers may be flattered"),
+             "| attribute | n | this acc | other acc | only this right | only other right | p |",
+             "|---|---|---|---|---|---|---|"]
+    for attr, r in ag["attributes"].items():
+        lines.append(f"| {attr} | {r['n']} | {r['accuracy_a']:.4f} | {r['accuracy_b']:.4f} | {r['a_only_right']} "
+                     f"| {r['b_only_right']} | {r['p_value']:.3g} |")
     return "\n".join(lines)
 

@@ -105,3 +105,58 @@ def test_cli_evaluate_one_attribute_without_colour_words(trained: tuple[Path, Pa
     report = json.loads(out.read_text())
     assert list(report["attributes"]) == ["color"]
     assert set(report["attributes"]["color"]) >= {"image", "text", "ensemble"}
+    # the terminal gets the tables, not only the JSON file
+    ens = report["attributes"]["color"]["ensemble"]["accuracy"]
+    assert "| attribute | image acc | text acc | ensemble acc |" in result.output
+    assert f"| color | {report['attributes']['color']['image']['accuracy']:.3f} |" in result.output
+    assert f"{ens:.3f}" in result.output and "rows with a photo:" in result.output
+    assert f"report: {out}" in result.output
+
+
+def _photo_only_copy(bundle: Path, out: Path, split_seed: int | None = None) -> Path:
+    """A copy of ``bundle`` whose colour ensemble, given a photo, answers what its image model alone answers
+    (text weight 0 on top of the image-only calibration); without a photo it is unchanged."""
+    import shutil
+
+    shutil.copytree(bundle, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    fusion = manifest["fusion"]["color"]
+    photo_only = {**fusion["image"], "text_weight": 0.0, "text_class_weights": None, "kind": "test:image"}
+    photo_only = {k: v for k, v in photo_only.items() if v is not None or k == "bias"}
+    for mode in ("both", "both-unmentioned"):
+        fusion[mode] = photo_only
+    if split_seed is not None:
+        manifest["split"]["seed"] = split_seed
+    manifest["version"] = "photo-only-copy"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def test_evaluate_against_another_bundle(trained: tuple[Path, Path, dict], tmp_path: Path) -> None:
+    """`--against`: the same rows through a second bundle, and the paired count of who is right where."""
+    styles, bundle, _ = trained
+    same = evaluate_command(bundle=str(bundle), catalog=str(styles), progress=False, baseline=False,
+                            attributes=["color", "gender"], against=str(bundle))
+    assert same["against"]["same_split"] is True
+    for r in same["against"]["attributes"].values():  # a bundle against itself: the same answers everywhere
+        assert (r["a_only_right"], r["b_only_right"], r["p_value"]) == (0, 0, 1.0)
+        assert r["accuracy_a"] == r["accuracy_b"]
+
+    other = _photo_only_copy(bundle, tmp_path / "photo-only")
+    report = evaluate_command(bundle=str(bundle), catalog=str(styles), progress=False, baseline=False,
+                              attributes=["color"], against=str(other))
+    got = report["against"]["attributes"]["color"]
+    # where the copy answers from the photo alone, the comparison is "ensemble vs image, with a photo"
+    expected = report["comparisons"]["color"]["ensemble_vs_image_with_image"]
+    assert (got["a_only_right"], got["b_only_right"]) == (expected["a_only_right"], expected["b_only_right"])
+    assert got["n"] == report["attributes"]["color"]["ensemble"]["n"]
+    assert got["accuracy_a"] == pytest.approx(report["attributes"]["color"]["ensemble"]["accuracy"])
+    assert got["with_image"]["n"] == report["subsets"]["with_image"]["attributes"]["color"]["ensemble"]["n"]
+    assert got["with_image"]["accuracy_b"] == pytest.approx(
+        report["subsets"]["with_image"]["attributes"]["color"]["image"]["accuracy"])
+    assert got["a_only_right"] + got["b_only_right"] > 0  # the copy really answers differently
+
+    shifted = _photo_only_copy(bundle, tmp_path / "other-split", split_seed=99)
+    warned = evaluate_command(bundle=str(bundle), catalog=str(styles), progress=False, baseline=False,
+                              attributes=["color"], against=str(shifted))
+    assert warned["against"]["same_split"] is False
