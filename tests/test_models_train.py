@@ -107,9 +107,9 @@ def test_cli_evaluate_one_attribute_without_colour_words(trained: tuple[Path, Pa
     assert set(report["attributes"]["color"]) >= {"image", "text", "ensemble"}
     # the terminal gets the tables, not only the JSON file
     ens = report["attributes"]["color"]["ensemble"]["accuracy"]
-    assert "| attribute | image acc | text acc | ensemble acc |" in result.output
-    assert f"| color | {report['attributes']['color']['image']['accuracy']:.3f} |" in result.output
-    assert f"{ens:.3f}" in result.output and "rows with a photo:" in result.output
+    assert "| attribute | image acc % | text acc % | ensemble acc % |" in result.output
+    assert f"| color | {100 * report['attributes']['color']['image']['accuracy']:.2f} |" in result.output
+    assert f"{100 * ens:.2f}" in result.output and "rows with a photo:" in result.output
     assert f"report: {out}" in result.output
 
 
