@@ -365,6 +365,57 @@ def train(
     typer.echo(f"bundle {summary['bundle']} version {summary['version']} in {summary['seconds']:.0f}s")
 
 
+@app.command("add-heads")
+def add_heads(
+    bundle: Annotated[Path, typer.Option(help="Trained bundle whose trunks are reused (left untouched).")],
+    catalog: Annotated[
+        Path, typer.Option(help="Kaggle-format styles.csv with the new attributes' columns (named like them).")
+    ],
+    out: Annotated[Path, typer.Option(help="The new bundle's directory (not --bundle's).")],
+    attribute: Annotated[list[str], typer.Option(help="Attribute to add (repeatable); its column in --catalog.")],
+    replace: Annotated[
+        bool, typer.Option(help="Allow attributes the bundle has: retrain their heads, fusion and thresholds.")
+    ] = False,
+    name: Annotated[str | None, typer.Option(help="Bundle name [the base bundle's].")] = None,
+    min_class_count: Annotated[int, typer.Option(help='Values rarer than this merge into "other".')] = 20,
+    target_precision: Annotated[float, typer.Option(help="The new thresholds reach this precision.")] = 0.9,
+    linear_text: Annotated[bool, typer.Option(help="Also fit a head on the bundle's TF-IDF text model.")] = True,
+    linear_c: Annotated[float, typer.Option(help="Inverse L2 strength of that head.")] = 10.0,
+    mention_fusion: Annotated[
+        str, typer.Option(help="New attributes that also get fusion modes for texts naming none of their values.")
+    ] = "",
+    seed: Annotated[int | None, typer.Option(help="Split seed [the bundle's: its test split stays unseen].")] = None,
+    max_products: Annotated[int | None, typer.Option(help="At most this many products of the catalog.")] = None,
+    work_dir: Annotated[
+        Path | None, typer.Option(help="Feature caches; enrich train's --work-dir reuses its caches [<out>.work].")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads [all cores].")] = None,
+    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
+) -> None:
+    """Add heads for new attributes to a trained bundle, on its frozen trunks (minutes, not a retraining).
+
+    Every existing attribute keeps its head, fusion and thresholds, so the new bundle answers them exactly as
+    the base bundle does; the new ones are scored on the catalog's validation rows (see enrich evaluate).
+    """
+    from models.heads import add_heads_command, summary_rows
+
+    try:
+        summary = add_heads_command(
+            bundle=str(bundle), catalog=str(catalog), out=str(out), attributes=attribute, replace=replace,
+            name=name, min_class_count=min_class_count, target_precision=target_precision, linear_text=linear_text,
+            linear_c=linear_c, mention_fusion=mention_fusion, seed=seed, max_products=max_products,
+            work_dir=str(work_dir) if work_dir else None, device=device, threads=threads, progress=progress,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        typer.secho(f"enrich add-heads: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    for attr, kind, text in summary_rows(summary):
+        typer.echo(f"  {attr:<16} {kind:<6} {text}")
+    typer.echo(f"bundle {summary['bundle']} version {summary['version']} (base {summary['base_version']}; added "
+               f"{', '.join(summary['added'])}) in {summary['seconds']:.0f}s")
+
+
 @app.command()
 def evaluate(
     bundle: Annotated[Path, typer.Option(help="Trained bundle directory.")],

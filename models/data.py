@@ -1,21 +1,21 @@
 """Catalog rows for training and evaluation, and the product-id split.
 
-Reads Kaggle-format catalogs (``styles.csv`` + ``images/``). When ``models.catalog.kaggle`` (owned by the
-catalog engineer) provides a reader it is preferred; this module keeps a small fallback so training never
-depends on import order. Why a split by hashed product id: ShopRunner's per-task datasets were split
-independently, so one product could sit in one task's train set and another's validation set; hashing the
-id makes every product land in exactly one split, for every task and every run, without a stored list.
+Reads Kaggle-format catalogs (``styles.csv`` + ``images/``) with :mod:`models.catalog.kaggle`'s reader.
+Why a split by hashed product id: ShopRunner's per-task datasets were split independently, so one product
+could sit in one task's train set and another's validation set; hashing the id makes every product land in
+exactly one split, for every task and every run, without a stored list.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from models.taxonomy import KAGGLE_COLUMNS
+import numpy as np
+
+from models.catalog.kaggle import read_catalog as read_kaggle
 
 
 @dataclass
@@ -30,86 +30,32 @@ class Product:
     labels: dict[str, str | None] = field(default_factory=dict)
 
 
-def _from_kaggle_module(path: Path) -> list[Product] | None:
-    """Use the catalog engineer's reader when it exists and exposes a row iterator we understand."""
-    try:
-        from models.catalog import kaggle  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    reader = getattr(kaggle, "read_catalog", None) or getattr(kaggle, "read_styles", None)
-    if reader is None:
-        return None
-    try:
-        items = list(reader(path))
-    except Exception:  # a reader with another signature: fall back to ours
-        return None
-    out: list[Product] = []
-    for it in items:
-        get = it.get if isinstance(it, dict) else lambda k, d=None, it=it: getattr(it, k, d)
-        pid = get("id") or get("product_id")
-        if pid is None:
-            return None
-        image = get("image_path") or get("image")
-        labels = get("labels")
-        if not isinstance(labels, dict):
-            labels = {a: get(col) if get(col) is not None else get(a) for a, col in KAGGLE_COLUMNS.items()}
-        img = Path(image) if image else None
-        if img is not None and not img.is_absolute():
-            img = path.parent / img
-        out.append(
-            Product(
-                id=str(pid),
-                title=str(get("title") or get("productDisplayName") or ""),
-                description=str(get("description") or ""),
-                brand=str(get("brand") or ""),
-                image=img,
-                labels={k: (None if v is None else str(v)) for k, v in labels.items()},
-            )
-        )
-    return out
-
-
-def read_catalog(path: str | Path) -> list[Product]:
+def read_catalog(path: str | Path, extra_labels: Sequence[str] = ()) -> list[Product]:
     """Read a Kaggle-format catalog: ``styles.csv`` (or its directory) with optional ``images/``.
 
-    The ``image`` column names the photo relative to the CSV's directory; when it is absent, an
-    ``images/<id>.jpg`` next to the CSV is used if it exists. Extra columns ``brand``, ``description`` and
-    ``pattern`` (the synthetic catalog) are read when present.
+    One reader for everything (:func:`models.catalog.kaggle.read_catalog`: dirty rows repaired or skipped
+    and counted); this adapts its rows to :class:`Product`. ``extra_labels`` names label columns beyond the
+    Kaggle ones, read under their own names (an attribute the Kaggle format lacks, for ``enrich add-heads``).
     """
     p = Path(path)
     if p.is_dir():
         p = p / "styles.csv"
-    got = _from_kaggle_module(p)
-    if got is not None:
-        return got
-    root = p.parent
-    out: list[Product] = []
-    with p.open(newline="", encoding="utf-8", errors="replace") as f:
-        reader = csv.DictReader(f)
-        cols = set(reader.fieldnames or [])
-        for r in reader:
-            pid = (r.get("id") or "").strip()
-            if not pid:
-                continue
-            img: Path | None = None
-            if "image" in cols:
-                name = (r.get("image") or "").strip()
-                img = root / name if name else None
-            else:
-                cand = root / "images" / f"{pid}.jpg"
-                img = cand if cand.exists() else None
-            labels = {a: r.get(col) for a, col in KAGGLE_COLUMNS.items() if col in cols}
-            out.append(
-                Product(
-                    id=pid,
-                    title=r.get("productDisplayName") or r.get("title") or "",
-                    description=r.get("description") or "",
-                    brand=r.get("brand") or "",
-                    image=img,
-                    labels=labels,
-                )
-            )
-    return out
+    return [
+        Product(id=it.id, title=it.title, description=it.description, brand=it.brand, image=it.image_path,
+                labels=dict(it.labels))
+        for it in read_kaggle(p, extra_labels)
+    ]
+
+
+def sample_products(products: Sequence[Product], max_products: int | None, seed: int, index: int = 0
+                    ) -> list[Product]:
+    """At most ``max_products`` of a catalog (``--max-products`` quick runs): a seeded random subset in catalog
+    order; ``index`` (the catalog's position on the command line) gives each catalog its own draw."""
+    if not max_products or len(products) <= max_products:
+        return list(products)
+    rng = np.random.default_rng([seed, index])
+    keep = np.sort(rng.choice(len(products), size=max_products, replace=False))
+    return [products[i] for i in keep]
 
 
 def split_of(product_id: str, seed: int, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> str:

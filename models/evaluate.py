@@ -37,6 +37,7 @@ from models.baseline import fit_predict, score
 from models.bundle import Bundle
 from models.compare import paired, paired_correct
 from models.data import Product, read_catalog, split_of
+from models.taxonomy import KAGGLE_COLUMNS
 from models.text_clean import mentions, remove_words
 from models.train import load_image, prefetch
 
@@ -186,13 +187,11 @@ def evaluate_command(
     cat_path = Path(catalog)
     if cat_path.is_dir():
         cat_path = cat_path / "styles.csv"
-    products = read_catalog(cat_path)
+    products = read_catalog(cat_path, [a for a in b.attributes if a not in KAGGLE_COLUMNS])  # add-heads' columns
     seed = int(b.manifest.get("split", {}).get("seed", 0))
     fr = tuple(b.manifest.get("split", {}).get("fractions", (0.8, 0.1, 0.1)))
-    trained_on = {str(Path(c).resolve()) for c in b.manifest.get("training", {}).get("catalogs", [])}
-    trained_on |= {str((Path(c) / "styles.csv").resolve()) for c in b.manifest.get("training", {}).get("catalogs", [])}
     if split == "auto":
-        split = "test" if str(cat_path.resolve()) in trained_on else "all"
+        split = "test" if str(cat_path.resolve()) in _training_catalogs(b) else "all"
     rows = products if split == "all" else [p for p in products if split_of(p.id, seed, fr) == split]  # type: ignore[arg-type]
     if max_products:
         rows = rows[:max_products]
@@ -298,10 +297,19 @@ def evaluate_command(
     return report
 
 
+def _training_catalogs(b: Bundle) -> list[str]:
+    """Resolved ``styles.csv`` paths of every catalog the bundle learnt from with its split: ``enrich train``'s,
+    and ``enrich add-heads``' when it used the bundle's split seed (so their test rows are held out too)."""
+    seed = b.manifest.get("split", {}).get("seed", 0)
+    cats = list(b.manifest.get("training", {}).get("catalogs", []))
+    cats += [h["catalog"] for h in b.manifest.get("heads_added", []) if h.get("split_seed", seed) == seed]
+    resolved = {Path(c).resolve() for c in cats}
+    return sorted(str(p / "styles.csv" if p.is_dir() else p) for p in resolved)
+
+
 def _trained_on(b: Bundle) -> tuple[Any, list[str]]:
     """The split and the training catalogs (resolved): two bundles with the same hold out the same rows."""
-    cats = sorted(str(Path(c).resolve()) for c in b.manifest.get("training", {}).get("catalogs", []))
-    return b.manifest.get("split"), cats
+    return b.manifest.get("split"), _training_catalogs(b)
 
 
 def compare_bundles(a: Bundle, served_a: Served, b: Bundle, rows: Sequence[Product], attrs: Sequence[str],

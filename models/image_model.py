@@ -246,9 +246,10 @@ class MultiTaskImageModel(nn.Module):
         )
         self.heads = nn.ModuleDict({a: nn.Linear(hidden, k) for a, k in num_classes.items()})
 
-    def add_head(self, attribute: str, n_classes: int) -> None:
-        """Add a head for a new attribute on a trained trunk (train it with the trunk frozen or not)."""
-        if attribute in self.heads:
+    def add_head(self, attribute: str, n_classes: int, replace: bool = False) -> None:
+        """Add a head for a new attribute on a trained trunk (``enrich add-heads`` trains it on the frozen
+        trunk); ``replace`` swaps an existing head for a fresh one (new classes for an attribute)."""
+        if attribute in self.heads and not replace:
             raise ValueError(f"head {attribute!r} exists")
         self.heads[attribute] = nn.Linear(self.hidden, n_classes)
 
@@ -263,14 +264,18 @@ class MultiTaskImageModel(nn.Module):
     def forward_bottom_features(self, feats: torch.Tensor, stats: torch.Tensor | None = None
                                 ) -> dict[str, torch.Tensor]:
         """Logits from cached bottom features ``[B, V, C, h, w]`` (+ pixel stats ``[B, V, 3 g^2]``)."""
+        z = self.embed_bottom_features(feats, stats)
+        return {a: h(z) for a, h in self.heads.items()}
+
+    def embed_bottom_features(self, feats: torch.Tensor, stats: torch.Tensor | None = None) -> torch.Tensor:
+        """The dense layer's output ``[B, hidden]``, what every head reads (new heads train on it)."""
         b, v = feats.shape[:2]
         pooled = self.top(feats.reshape(b * v, *feats.shape[2:])).reshape(b, v, -1)
         if self.pixel_stats:
             if stats is None:
                 raise ValueError("this model uses pixel stats: pass stats")
             pooled = torch.cat([pooled, stats.to(pooled.dtype)], dim=2)
-        z = self.dense(pooled.reshape(b, -1))
-        return {a: h(z) for a, h in self.heads.items()}
+        return self.dense(pooled.reshape(b, -1))
 
     def bottom_features(self, views: torch.Tensor) -> torch.Tensor:
         """Bottom outputs ``[B, V, C, h, w]`` for caching."""

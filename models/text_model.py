@@ -110,6 +110,17 @@ class MultiTaskTextModel(nn.Module):
         wide_offsets: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The fine-tuned layers, masked mean pooling, the wide branch, and the heads."""
+        z = self.embed(hidden, attention_mask, wide_ids, wide_offsets)
+        return {a: head(z) for a, head in self.heads.items()}
+
+    def embed(
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor,
+        wide_ids: torch.Tensor | None = None,
+        wide_offsets: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The dense layer's output ``[B, hidden]`` from the bottom's hidden states: what every head reads."""
         h = self._layers(hidden, attention_mask, self.cut, self.cut + self.train_layers)
         m = attention_mask.unsqueeze(-1).to(h.dtype)
         pooled = (h * m).sum(1) / m.sum(1).clamp(min=1.0)
@@ -117,8 +128,7 @@ class MultiTaskTextModel(nn.Module):
             if wide_ids is None or wide_offsets is None:
                 raise ValueError("this model has a wide branch: pass wide_ids and wide_offsets")
             pooled = torch.cat([pooled, self.wide(wide_ids, wide_offsets).to(pooled.dtype)], dim=1)
-        z = self.dense(pooled)
-        return {a: head(z) for a, head in self.heads.items()}
+        return self.dense(pooled)
 
     def forward(
         self,
@@ -130,9 +140,9 @@ class MultiTaskTextModel(nn.Module):
         """``{attr: logits [B, K]}``."""
         return self.top(self.bottom(input_ids, attention_mask), attention_mask, wide_ids, wide_offsets)
 
-    def add_head(self, attribute: str, n_classes: int) -> None:
-        """Add a head for a new attribute on a trained encoder."""
-        if attribute in self.heads:
+    def add_head(self, attribute: str, n_classes: int, replace: bool = False) -> None:
+        """Add a head for a new attribute on a trained encoder (``replace``: swap an existing one)."""
+        if attribute in self.heads and not replace:
             raise ValueError(f"head {attribute!r} exists")
         self.heads[attribute] = nn.Linear(self.hidden, n_classes)
 

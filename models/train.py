@@ -42,7 +42,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from models.bundle import resolve_device, save_bundle
-from models.data import Product, read_catalog, split_products
+from models.data import Product, read_catalog, sample_products, split_products
 from models.ensemble import UNMENTIONED, Ensemble, FusionParams, PoolParams, fit_mode, select_pool
 from models.image_model import ImagePreprocess, MultiTaskImageModel, build_backbone
 from models.multitask import MultiDatasetSampler, masked_multitask_loss
@@ -213,8 +213,8 @@ def cache_image_features(model: MultiTaskImageModel, preprocess: ImagePreprocess
 
 
 # --- batches ---------------------------------------------------------------------------------------------
-def _text_logits(model: MultiTaskTextModel, d: TaskData, idx: np.ndarray, device: torch.device
-                 ) -> dict[str, torch.Tensor]:
+def _text_inputs(model: MultiTaskTextModel, d: TaskData, idx: np.ndarray, device: torch.device
+                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     assert d.mask is not None
     m = d.mask[idx]
     t = max(1, int(m.sum(1).max()))
@@ -224,14 +224,41 @@ def _text_logits(model: MultiTaskTextModel, d: TaskData, idx: np.ndarray, device
     if model.wide is not None:
         wi, wo = wide_batch([d.texts[i] for i in idx], model.wide_buckets)
         kw = {"wide_ids": wi.to(device), "wide_offsets": wo.to(device)}
+    return h, mk, kw
+
+
+def _image_inputs(d: TaskData, idx: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    x = torch.from_numpy(d.feats[idx].astype(np.float32)).to(device)
+    st = None if d.stats is None else torch.from_numpy(d.stats[idx]).to(device)
+    return x, st
+
+
+def _text_logits(model: MultiTaskTextModel, d: TaskData, idx: np.ndarray, device: torch.device
+                 ) -> dict[str, torch.Tensor]:
+    h, mk, kw = _text_inputs(model, d, idx, device)
     return model.top(h, mk, **kw)
 
 
 def _image_logits(model: MultiTaskImageModel, d: TaskData, idx: np.ndarray, device: torch.device
                   ) -> dict[str, torch.Tensor]:
-    x = torch.from_numpy(d.feats[idx].astype(np.float32)).to(device)
-    st = None if d.stats is None else torch.from_numpy(d.stats[idx]).to(device)
-    return model.forward_bottom_features(x, st)
+    return model.forward_bottom_features(*_image_inputs(d, idx, device))
+
+
+def embed_dataset(model: torch.nn.Module, d: TaskData, device: torch.device, batch_size: int = 256) -> np.ndarray:
+    """The dense layer's output ``[N, hidden]`` (float32, eval mode) for a cached dataset: the features every
+    head reads, so a new head on a frozen trunk is a linear model over these (``models.heads``)."""
+    model.eval()
+    out: list[np.ndarray] = []
+    with torch.inference_mode():
+        for s in range(0, len(d.ids), batch_size):
+            idx = np.arange(s, min(s + batch_size, len(d.ids)))
+            if d.kind == "text":
+                h, mk, kw = _text_inputs(model, d, idx, device)  # type: ignore[arg-type]
+                z = model.embed(h, mk, **kw)  # type: ignore[operator]
+            else:
+                z = model.embed_bottom_features(*_image_inputs(d, idx, device))  # type: ignore[operator]
+            out.append(z.float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
 def _targets(d: TaskData, idx: np.ndarray, names: Sequence[str], device: torch.device) -> dict[str, torch.Tensor]:
@@ -333,6 +360,40 @@ def _load_ckpt(path: Path, models: Mapping[str, torch.nn.Module], opt: torch.opt
 
 
 # --- the command -----------------------------------------------------------------------------------------
+def cached_datasets(catalogs: Sequence[Mapping[str, Sequence[Product]]], taxonomy: Taxonomy,
+                    text_model: MultiTaskTextModel | None, tokenizer: Any, text_max_len: int, text_source: str,
+                    image_model: MultiTaskImageModel | None, preprocess: ImagePreprocess, image_source: str,
+                    device: torch.device, cache_dir: Path, progress: bool = True,
+                    splits: Sequence[str] = ("train", "val")) -> dict[str, list[TaskData]]:
+    """Per split, one text and one image :class:`TaskData` per catalog (frozen-bottom features cached on disk).
+
+    The cache tags are ``{catalog index}-{split}-{source}``, and the keys also hash the texts / photo paths and
+    preprocessing, so ``enrich add-heads`` with the training run's ``--work-dir`` reuses its caches (a bundle's
+    frozen bottoms are the pretrained ones its ``text_source`` / ``image_source`` name).
+    """
+    data: dict[str, list[TaskData]] = {s: [] for s in splits}
+    for ci, c in enumerate(catalogs):
+        for split in splits:
+            prods = c[split]
+            tp = [p for p in prods if text_input(p.title, p.description, p.brand)]
+            if text_model is not None and tp:
+                texts = [text_input(p.title, p.description, p.brand) for p in tp]
+                h, m = cache_text_features(text_model, tokenizer, texts, text_max_len, device, cache_dir,
+                                           f"{ci}-{split}-{text_source}", progress=progress)
+                data[split].append(TaskData("text", ci, [p.id for p in tp], encode_labels(tp, taxonomy), h, m,
+                                            texts))
+            ip = [p for p in prods if p.image is not None]
+            if image_model is not None and ip:
+                f, ok, st = cache_image_features(image_model, preprocess, [p.image for p in ip], device, cache_dir,
+                                                 f"{ci}-{split}-{image_source}", progress=progress)
+                keep = np.nonzero(ok)[0]
+                if len(keep):
+                    ipk = [ip[i] for i in keep]
+                    data[split].append(TaskData("image", ci, [p.id for p in ipk], encode_labels(ipk, taxonomy),
+                                                f[keep], stats=None if st is None else st[keep]))
+    return data
+
+
 def train_command(
     *,
     catalog: Sequence[str],
@@ -430,12 +491,9 @@ def train_command(
 
     # 1. data
     catalogs: list[dict[str, list[Product]]] = []
+    extra_labels = [a for a in attributes or () if a not in KAGGLE_COLUMNS]  # e.g. --attribute year
     for ci, c in enumerate(catalog):
-        prods = read_catalog(c)
-        if max_products and len(prods) > max_products:
-            rng = np.random.default_rng([seed, ci])
-            keep = np.sort(rng.choice(len(prods), size=max_products, replace=False))
-            prods = [prods[i] for i in keep]
+        prods = sample_products(read_catalog(c, extra_labels), max_products, seed, ci)
         catalogs.append(split_products(prods, seed))
     present = {a for c in catalogs for s in c.values() for p in s for a, v in p.labels.items() if v is not None}
     wanted = [a for a in (attributes or DEFAULT_ATTRIBUTES) if a in present]
@@ -461,26 +519,8 @@ def train_command(
         p.requires_grad_(True)
 
     # 3. caches
-    data: dict[str, list[TaskData]] = {"train": [], "val": []}
-    for ci, c in enumerate(catalogs):
-        for split in ("train", "val"):
-            prods = c[split]
-            tp = [p for p in prods if text_input(p.title, p.description, p.brand)]
-            texts = [text_input(p.title, p.description, p.brand) for p in tp]
-            if tp:
-                h, m = cache_text_features(text_model, tokenizer, texts, text_max_len, dev, cache_dir,
-                                           f"{ci}-{split}-{enc_dir}", progress=progress)
-                data[split].append(TaskData("text", ci, [p.id for p in tp], encode_labels(tp, taxonomy), h, m,
-                                            texts))
-            ip = [p for p in prods if p.image is not None]
-            if ip:
-                f, ok, st = cache_image_features(image_model, preprocess, [p.image for p in ip], dev, cache_dir,
-                                             f"{ci}-{split}-{image_backbone}-{image_top_blocks}", progress=progress)
-                keep = np.nonzero(ok)[0]
-                if len(keep):
-                    ipk = [ip[i] for i in keep]
-                    data[split].append(TaskData("image", ci, [p.id for p in ipk], encode_labels(ipk, taxonomy),
-                                                f[keep], stats=None if st is None else st[keep]))
+    data = cached_datasets(catalogs, taxonomy, text_model, tokenizer, text_max_len, str(enc_dir), image_model,
+                           preprocess, f"{image_backbone}-{image_top_blocks}", dev, cache_dir, progress)
     t_cache = time.monotonic() - t0
 
     # 4. training

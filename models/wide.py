@@ -54,6 +54,21 @@ def _vectorizer(cfg: Mapping[str, Any], vocabulary: Mapping[str, int] | None = N
     )
 
 
+def class_params(clf: LogisticRegression, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fitted logistic regression as ``(coef [K, F], intercept [K])`` over all ``n_classes`` of the attribute.
+
+    Classes absent from the fit get a zero row and an intercept of -30 (never predicted); a two-class fit's
+    single row is split into a symmetric pair so a softmax over the rows gives the classifier's probabilities.
+    """
+    n_features = clf.coef_.shape[1]
+    coef = np.zeros((n_classes, n_features), dtype=np.float32)
+    icpt = np.full(n_classes, _ABSENT, dtype=np.float32)
+    cls_idx = clf.classes_.astype(np.int64)
+    coef[cls_idx] = clf.coef_ if len(cls_idx) > 2 else np.vstack([-clf.coef_, clf.coef_]) / 2
+    icpt[cls_idx] = clf.intercept_ if len(cls_idx) > 2 else np.array([-1, 1]) * clf.intercept_[0] / 2
+    return coef, icpt
+
+
 @dataclass
 class WideTextModel:
     """Fitted vectorizers plus ``heads[attr] = (coef [K, F] float32, intercept [K] float32)``."""
@@ -90,7 +105,6 @@ class WideTextModel:
         that attribute's fit). An attribute with fewer than two classes present gets no head.
         """
         cfgs = {k: dict(v) for k, v in (configs or DEFAULT_VECTORIZERS).items()}
-        t0 = time.monotonic()
         vecs: dict[str, TfidfVectorizer] = {}
         for k, cfg in cfgs.items():
             v = _vectorizer(cfg)
@@ -100,7 +114,18 @@ class WideTextModel:
                 v = _vectorizer({**cfg, "min_df": 1}).fit(list(texts))
             vecs[k] = v
         model = cls(cfgs, vecs)
-        x = model.features(texts)
+        model.fit_heads(texts, labels, names, num_classes, c=c, max_iter=max_iter)
+        return model
+
+    def fit_heads(self, texts: Sequence[str], labels: np.ndarray, names: Sequence[str],
+                  num_classes: Mapping[str, int], c: float | Mapping[str, float] = 10.0, max_iter: int = 300) -> None:
+        """Fit (or refit) one logistic regression per attribute in ``names`` on the fitted vectorizers' features.
+
+        ``labels`` is ``[N, A]`` in ``names`` order, ``-1`` where missing. ``enrich add-heads`` calls this alone:
+        the vocabularies stay those of the bundle's training texts, so the existing heads are unchanged.
+        """
+        t0 = time.monotonic()
+        x = self.features(texts)
         log.info("wide: %d texts, %d features (%.1f s)", x.shape[0], x.shape[1], time.monotonic() - t0)
         for j, a in enumerate(names):
             y = labels[:, j]
@@ -112,18 +137,12 @@ class WideTextModel:
             t1 = time.monotonic()
             clf = LogisticRegression(C=ca, max_iter=max_iter)
             clf.fit(x[np.nonzero(m)[0]], y[m])
-            k = int(num_classes[a])
-            coef = np.zeros((k, x.shape[1]), dtype=np.float32)
-            icpt = np.full(k, _ABSENT, dtype=np.float32)
-            cls_idx = clf.classes_.astype(np.int64)
-            coef[cls_idx] = clf.coef_ if len(cls_idx) > 2 else np.vstack([-clf.coef_, clf.coef_]) / 2
-            icpt[cls_idx] = clf.intercept_ if len(cls_idx) > 2 else np.array([-1, 1]) * clf.intercept_[0] / 2
+            coef, icpt = class_params(clf, int(num_classes[a]))
             # round once to the stored precision so the fitted and the loaded model agree exactly
-            model.heads[a] = (coef.astype(np.float16).astype(np.float32), icpt)
-            model.c[a] = ca
+            self.heads[a] = (coef.astype(np.float16).astype(np.float32), icpt)
+            self.c[a] = ca
             log.info("wide %s: %d rows, %d classes, C=%g (%.1f s)", a, int(m.sum()), len(present), ca,
                      time.monotonic() - t1)
-        return model
 
     # --- storage (JSON + safetensors, never pickle) ------------------------------------------------------
     def save(self, out_dir: str | Path) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from consumer.cli import app
 from consumer.settings import Settings
 
 runner = CliRunner()
-COMMANDS = ["run", "demo", "broker", "produce", "train", "evaluate", "check-config", "sample-catalog"]
+COMMANDS = ["run", "demo", "broker", "produce", "train", "add-heads", "evaluate", "check-config", "sample-catalog"]
 
 
 def test_help_lists_every_command() -> None:

@@ -13,6 +13,7 @@ import csv
 import logging
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,10 +136,13 @@ def _image_path(value: str, root: Path, exists_cache: dict[Path, set[str]]) -> P
     return path if path.name in exists_cache[parent] else None
 
 
-def read_catalog_report(styles_csv: Path) -> CatalogReadResult:
+def read_catalog_report(styles_csv: Path, extra_labels: Sequence[str] = ()) -> CatalogReadResult:
     """Read ``styles_csv`` and say how many rows were skipped or repaired, and why.
 
-    Raises only when the file itself is unusable (missing, or no ``id``/``productDisplayName`` header).
+    ``extra_labels``: more label columns, each read under its own name (``sleeve_length`` -> attribute
+    ``sleeve_length``): how a catalog carries an attribute that is not one of the Kaggle columns, e.g. for
+    ``enrich add-heads``. Raises only when the file itself is unusable (missing, or no
+    ``id``/``productDisplayName`` header).
     """
     styles_csv = Path(styles_csv)
     root = styles_csv.parent
@@ -156,6 +160,7 @@ def read_catalog_report(styles_csv: Path) -> CatalogReadResult:
         if missing:
             raise ValueError(f"{styles_csv} has no {', '.join(missing)} column (header: {header})")
         index = {name: i for i, name in enumerate(header)}
+        label_columns = {**KAGGLE_COLUMNS, **{name: name for name in extra_labels}}
         while True:
             try:
                 row = next(reader)
@@ -189,7 +194,7 @@ def read_catalog_report(styles_csv: Path) -> CatalogReadResult:
             seen.add(product_id)
             labels = {
                 attr: _clean(row[index[column]])
-                for column, attr in KAGGLE_COLUMNS.items()
+                for column, attr in label_columns.items()
                 if column in index and not _is_missing(row[index[column]])
             }
             result.products.append(
@@ -206,9 +211,11 @@ def read_catalog_report(styles_csv: Path) -> CatalogReadResult:
     return result
 
 
-def read_catalog(styles_csv: Path) -> list[CatalogProduct]:
-    """Products of a Kaggle-format catalog; skipped and repaired rows are logged as one warning."""
-    result = read_catalog_report(styles_csv)
+def read_catalog(styles_csv: Path, extra_labels: Sequence[str] = ()) -> list[CatalogProduct]:
+    """Products of a Kaggle-format catalog; skipped and repaired rows are logged as one warning.
+
+    ``extra_labels``: see :func:`read_catalog_report`."""
+    result = read_catalog_report(styles_csv, extra_labels)
     if result.skipped_total or result.repaired:
         log.warning(
             "catalog %s: %d rows, %d skipped %s, %d repaired",
