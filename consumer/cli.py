@@ -279,7 +279,8 @@ def train(
     out: Annotated[Path, typer.Option(help="Bundle directory to write.")],
     name: Annotated[str, typer.Option(help="Bundle name.")] = "enrich",
     attribute: Annotated[
-        list[str] | None, typer.Option(help="Attribute to train (repeatable). Default: all the catalogs carry.")
+        list[str] | None,
+        typer.Option(help="Attribute to train (repeatable); another name reads that column. Default: all Kaggle ones."),
     ] = None,
     image_backbone: Annotated[str, typer.Option(help="efficientnet-lite0 | resnet50 | tiny.")] = "efficientnet-lite0",
     image_weights: Annotated[

@@ -439,7 +439,8 @@ def train_command(
       --out DIR                    bundle directory to write
       --name TEXT                  bundle name [enrich]
       --attribute NAME (repeatable) attributes to train [all present: color, article_type, master_category,
-                                   sub_category, gender, usage, season, pattern]
+                                   sub_category, gender, usage, season, pattern]; a name that is not one of
+                                   these is read from the catalog column of that name (e.g. year)
       --image-backbone NAME        efficientnet-lite0 | resnet50 | tiny [efficientnet-lite0]
       --image-weights FILE         ImageNet weights file for resnet50 [$TORCH_HOME]
       --image-size INT             side of both image views [192]

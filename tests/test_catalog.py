@@ -180,6 +180,20 @@ def test_reader_skips_and_repairs_malformed_rows_without_crashing(tmp_path: Path
     assert [p.id for p in read_catalog(styles)] == ["1", "2"]
 
 
+def test_extra_label_columns_are_read_by_name_only_when_asked(tmp_path: Path) -> None:
+    styles = tmp_path / "styles.csv"
+    styles.write_text(
+        "id,articleType,productDisplayName,sleeve_length,year\n"
+        "1,Shirts,Linen shirt,Long Sleeve,2011\n"
+        "2,Tshirts,Crew tee,NA,2012\n",
+        encoding="utf-8",
+    )
+    assert read_catalog(styles)[0].labels == {"article_type": "Shirts"}  # Kaggle columns only by default
+    products = read_catalog(styles, ["sleeve_length", "year", "neckline"])  # a column that is not there: no label
+    assert products[0].labels == {"article_type": "Shirts", "sleeve_length": "Long Sleeve", "year": "2011"}
+    assert products[1].labels == {"article_type": "Tshirts", "year": "2012"}  # NA is a missing label
+
+
 @pytest.mark.skipif(not SHARED_CATALOG.is_file(), reason=f"real Kaggle sample not present at {SHARED_CATALOG}")
 def test_reads_the_real_shared_catalog() -> None:
     report = read_catalog_report(SHARED_CATALOG)
