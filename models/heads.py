@@ -201,8 +201,9 @@ def add_heads_command(
         t_features[kind] = round(time.monotonic() - t_f, 1)
         for j, a in enumerate(names):
             if not len(y_tr) or len(np.unique(y_tr[:, j][y_tr[:, j] >= 0])) < 2:
+                del model.heads[a]  # no head rather than an untrained one: serving then fuses without it
                 head_info[a][kind] = {"rows": 0 if not len(y_tr) else int((y_tr[:, j] >= 0).sum()),
-                                      "note": "fewer than two classes labelled: head left untrained"}
+                                      "note": f"no {kind} head: fewer than two values labelled on its rows"}
                 continue
             w, b, info = fit_head(z_tr, y_tr[:, j], z_va, y_va[:, j], ncls[a], seed=split_seed)
             with torch.no_grad():

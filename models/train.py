@@ -268,15 +268,16 @@ def _targets(d: TaskData, idx: np.ndarray, names: Sequence[str], device: torch.d
 
 def predict_probs(model: torch.nn.Module, d: TaskData, names: Sequence[str], device: torch.device,
                   batch_size: int = 256) -> dict[str, np.ndarray]:
-    """Softmax probabilities ``{attr: [N, K]}`` for a cached dataset."""
+    """Softmax probabilities ``{attr: [N, K]}`` for a cached dataset, for the ``names`` the model has a head for
+    (``enrich add-heads`` gives a modality no head for an attribute its rows do not label)."""
     model.eval()
-    out: dict[str, list[np.ndarray]] = {a: [] for a in names}
+    out: dict[str, list[np.ndarray]] = {a: [] for a in names if a in model.heads}  # type: ignore[operator]
     with torch.inference_mode():
         for s in range(0, len(d.ids), batch_size):
             idx = np.arange(s, min(s + batch_size, len(d.ids)))
             fn = _text_logits if d.kind == "text" else _image_logits
             lg = fn(model, d, idx, device)  # type: ignore[arg-type]
-            for a in names:
+            for a in out:
                 out[a].append(torch.softmax(lg[a].float(), -1).cpu().numpy())
     return {a: np.concatenate(v) if v else np.zeros((0, 0)) for a, v in out.items()}
 
@@ -756,7 +757,7 @@ def fit_ensemble(models: Mapping[str, torch.nn.Module], val: Sequence[TaskData],
         pr = predict_probs(models[d.kind], d, names, device)
         wp = wide.predict_proba(d.texts) if wide is not None and d.kind == "text" else {}
         for i, pid in enumerate(d.ids):
-            row = {a: pr[a][i] for a in names}
+            row = {a: pr[a][i] for a in pr}
             if d.kind == "text":
                 tprobs[(d.catalog, pid)] = (d.labels[i], row, {a: wp[a][i] for a in wp})
             else:
@@ -770,25 +771,25 @@ def fit_ensemble(models: Mapping[str, torch.nn.Module], val: Sequence[TaskData],
         ens.params[a] = {}
         thresholds[a] = {}
         metrics[a] = {}
-        keys_t = [k for k in tprobs if labels[k][j] >= 0]
+        keys_t = [k for k in tprobs if labels[k][j] >= 0 and a in tprobs[k][1]]
         # the served text probabilities of every validation text: BERT alone, or the pool of BERT + wide
-        served: dict[tuple[int, str], np.ndarray] = {k: tprobs[k][1][a] for k in tprobs}
+        served: dict[tuple[int, str], np.ndarray] = {k: tprobs[k][1][a] for k in tprobs if a in tprobs[k][1]}
         if wide is not None and a in wide.heads and len(keys_t) >= 10:
             y = np.array([labels[k][j] for k in keys_t])
             pb = np.stack([tprobs[k][1][a] for k in keys_t])
             pw = np.stack([tprobs[k][2][a] for k in keys_t])
             sel = select_pool([pb, pw], y, ["bert", "wide"])
             text_fusion[a] = sel.params
-            unl = [k for k in tprobs if labels[k][j] < 0]
+            unl = [k for k in served if labels[k][j] < 0]
             served.update({k: sel.params.apply([tprobs[k][1][a], tprobs[k][2][a]]) for k in unl})
             served.update({k: sel.oof[r] for r, k in enumerate(keys_t)})  # out of fold for the labelled rows
             metrics[a]["text_pool"] = {"kind": sel.params.kind, "weights": sel.params.weights,
                                        "cv": {c: {m: round(v, 5) for m, v in sc.items()}
                                               for c, sc in sel.scores.items()}}
-        keys_b = [k for k in keys_t if k in iprobs]
+        keys_b = [k for k in keys_t if a in iprobs.get(k, {})]
         # image-only rows: photos whose product has no text, or any photo (image mode is also used when the
         # text is empty at serving time), so fit on all labelled photos
-        keys_i = [k for k in iprobs if k in labels and labels[k][j] >= 0]
+        keys_i = [k for k in iprobs if k in labels and labels[k][j] >= 0 and a in iprobs[k]]
         fits: list[tuple[str, list[tuple[int, str]], Mapping[tuple[int, str], np.ndarray]]] = [
             ("text", keys_t, served), ("image", keys_i, served), ("both", keys_b, served)]
         um = (unmentioned or {}).get(a)

@@ -29,16 +29,17 @@ from models.train import train_command
 OLD = ["color", "article_type", "gender"]
 
 
-def _with_motif(styles: Path) -> Path:
-    """The catalog with its ``pattern`` column renamed ``motif`` (written next to it, same photos)."""
-    out = styles.with_name("styles_motif.csv")
+def _with_motif(styles: Path, photos: bool = True) -> Path:
+    """The catalog with its ``pattern`` column renamed ``motif`` (written next to it, same photos or none)."""
+    out = styles.with_name("styles_motif.csv" if photos else "styles_motif_text_only.csv")
     with styles.open(newline="") as f:
         rows = list(csv.DictReader(f))
     with out.open("w", newline="") as f:
         w = csv.DictWriter(f, [("motif" if c == "pattern" else c) for c in rows[0]])
         w.writeheader()
         for r in rows:
-            w.writerow({("motif" if k == "pattern" else k): v for k, v in r.items()})
+            renamed = {("motif" if k == "pattern" else k): v for k, v in r.items()}
+            w.writerow(renamed if photos else renamed | {"image": ""})
     return out
 
 
@@ -147,3 +148,22 @@ def test_replace_retrains_one_head_and_keeps_the_others(base: tuple[Path, Path, 
     assert set(old_w) == set(new_w)
     assert not torch.equal(old_w["text.heads.color.weight"], new_w["text.heads.color.weight"])
     assert torch.equal(old_w["text.heads.gender.weight"], new_w["text.heads.gender.weight"])
+
+
+def test_a_catalog_without_photos_adds_no_image_head(base: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """No image head rather than an untrained one: the new attribute is then served from the text alone."""
+    styles, bundle, work = base
+    text_only = _with_motif(styles.with_name("styles.csv"), photos=False)
+    out = tmp_path / "text-only-motif"
+    summary = add_heads_command(bundle=str(bundle), catalog=str(text_only), out=str(out), attributes=["motif"],
+                                min_class_count=3, work_dir=str(work), progress=False, threads=1)
+    assert "no image head" in summary["heads"]["motif"]["image"]["note"]
+    m = json.loads((out / "manifest.json").read_text())
+    assert "motif" not in m["image"]["num_classes"] and "motif" in m["text"]["num_classes"]
+    b = Bundle.load(out, device="cpu")
+    row = next(csv.DictReader(styles.open(newline="")))
+    text = b.text_input(row["productDisplayName"], row["description"], row["brand"])
+    views = b.image_views(Image.open(styles.parent / row["image"]).convert("RGB"))
+    pred = b.combine(b.predict_texts([text])[0], b.predict_images([views]), text=text)
+    assert pred["motif"].image is None and pred["motif"].text is not None
+    assert pred["color"].image is not None  # the old image heads still serve
