@@ -12,7 +12,7 @@ be lost. Two modes:
 
 from __future__ import annotations
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from consumer import metrics
 from consumer.logs import get_logger
@@ -21,8 +21,29 @@ from consumer.offsets import OffsetTracker, TopicPartitionKey
 log = get_logger("enrich.commit")
 
 
+#: Commit errors that mean "this member is no longer (or not yet again) the owner": its session expired
+#: (a frozen or descheduled process), or a rebalance is under way. The partitions are being lost or
+#: revoked, and their next owner redoes the uncommitted offsets: duplicates, never loss, so not fatal.
+MEMBERSHIP_ERRORS = frozenset({
+    KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS,
+})
+
+
 class CommitFailed(RuntimeError):
-    """A commit could not be made; the service stops so that a restart resumes from the last commit."""
+    """A commit could not be made; the service stops so that a restart resumes from the last commit.
+
+    ``membership_lost``: the broker refused it because this member lost its place in the group
+    (:data:`MEMBERSHIP_ERRORS`); the service carries on and librdkafka rejoins.
+    """
+
+    def __init__(self, message: str, membership_lost: bool = False) -> None:
+        super().__init__(message)
+        self.membership_lost = membership_lost
+
+    @classmethod
+    def from_kafka(cls, what: str, exc: KafkaException) -> CommitFailed:
+        err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+        return cls(f"{what} failed: {exc}", membership_lost=err is not None and err.code() in MEMBERSHIP_ERRORS)
 
 
 def _as_topic_partitions(offsets: dict[TopicPartitionKey, int]) -> list[TopicPartition]:
@@ -58,8 +79,9 @@ class OffsetCommitter:
         try:
             self._consumer.commit(offsets=_as_topic_partitions(offsets), asynchronous=False)
         except KafkaException as exc:
-            metrics.COMMITS.labels(outcome="error").inc()
-            raise CommitFailed(f"offset commit failed: {exc}") from exc
+            failed = CommitFailed.from_kafka("offset commit", exc)
+            metrics.COMMITS.labels(outcome="not_member" if failed.membership_lost else "error").inc()
+            raise failed from exc
         metrics.COMMITS.labels(outcome="ok").inc()
         log.debug("committed", offsets={f"{t}/{p}": o for (t, p), o in offsets.items()})
 

@@ -367,7 +367,16 @@ class EnrichService:
             return
         offsets = self._committer.pending()
         if offsets:
-            await self._kafka_call(self._committer.commit_offsets, offsets)
+            try:
+                await self._kafka_call(self._committer.commit_offsets, offsets)
+            except CommitFailed as exc:
+                if not exc.membership_lost:
+                    raise
+                # the session expired or a rebalance began between pending() and the broker's answer: the
+                # lost/revoke callback decides what happens to these partitions; nothing is marked committed
+                log.warning("commit refused: not a group member right now (duplicates later, never loss)",
+                            error=str(exc))
+                return
             self._committer.mark_committed(offsets)
 
     def _committed_events(self) -> int:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,14 +33,11 @@ from sklearn.metrics import log_loss
 from models.bundle import ENCODER_DIR, Bundle, resolve_device, save_bundle
 from models.data import read_catalog, sample_products, split_products
 from models.ensemble import Ensemble
-from models.taxonomy import KAGGLE_COLUMNS, Taxonomy
+from models.taxonomy import KAGGLE_COLUMNS, Taxonomy, check_attribute_names
 from models.train import TaskData, cached_datasets, embed_dataset, fit_ensemble, unmentioned_text_probs
 from models.wide import class_params
 
 log = logging.getLogger(__name__)
-
-#: what an attribute may be called: it becomes a key of ``attributes`` in every enriched event downstream
-ATTRIBUTE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 #: inverse L2 strengths tried for each new head; the one with the lowest validation log-loss is kept. On the
 #: real catalog the image head chose 0.01 and the text head 0.1 out of 0.01-10, and C=10 fits were the slowest
@@ -146,10 +142,7 @@ def add_heads_command(
     wanted = list(dict.fromkeys(attributes))
     if not wanted:
         raise ValueError("name at least one --attribute to add")
-    bad = [a for a in wanted if not ATTRIBUTE_NAME.fullmatch(a)]
-    if bad:
-        raise ValueError(f"attribute names are lowercase snake_case up to 64 characters (they become keys of every "
-                         f"enriched event's attributes): {', '.join(map(repr, bad))}")
+    check_attribute_names(wanted)
     out_dir, base_dir = Path(out), Path(bundle)
     if out_dir.resolve() == base_dir.resolve():
         raise ValueError("--out must differ from --bundle: a bundle is never modified in place (its version is "

@@ -29,6 +29,18 @@ KAGGLE_COLUMNS: dict[str, str] = {
     "pattern": "pattern",
 }
 
+#: what an attribute may be called: it becomes a key of ``attributes`` in every enriched event downstream
+ATTRIBUTE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def check_attribute_names(names: Iterable[str]) -> None:
+    """Raise ``ValueError`` naming every attribute name that is not lowercase snake_case (<= 64 characters)."""
+    bad = [n for n in names if not ATTRIBUTE_NAME.fullmatch(n)]
+    if bad:
+        raise ValueError(f"attribute names are lowercase snake_case up to 64 characters (they become keys of every "
+                         f"enriched event's attributes): {', '.join(map(repr, bad))}")
+
+
 #: values that mean "no label" rather than a class.
 MISSING_VALUES = frozenset({"", "na", "n/a", "nan", "none", "null", "unknown", "-"})
 

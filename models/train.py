@@ -46,7 +46,7 @@ from models.data import Product, read_catalog, sample_products, split_products
 from models.ensemble import UNMENTIONED, Ensemble, FusionParams, PoolParams, fit_mode, select_pool
 from models.image_model import ImagePreprocess, MultiTaskImageModel, build_backbone
 from models.multitask import MultiDatasetSampler, masked_multitask_loss
-from models.taxonomy import KAGGLE_COLUMNS, Taxonomy
+from models.taxonomy import KAGGLE_COLUMNS, Taxonomy, check_attribute_names
 from models.text_clean import mentions, remove_words, text_input
 from models.text_model import MultiTaskTextModel, default_encoder_dir, load_encoder, load_tokenizer, wide_batch
 from models.wide import WideTextModel
@@ -494,6 +494,7 @@ def train_command(
     # 1. data
     catalogs: list[dict[str, list[Product]]] = []
     extra_labels = [a for a in attributes or () if a not in KAGGLE_COLUMNS]  # e.g. --attribute year
+    check_attribute_names(extra_labels)
     for ci, c in enumerate(catalog):
         prods = sample_products(read_catalog(c, extra_labels), max_products, seed, ci)
         catalogs.append(split_products(prods, seed))

@@ -124,6 +124,8 @@ def test_add_heads_refuses_what_it_cannot_do_cleanly(base: tuple[Path, Path, Pat
         add_heads_command(**kw, out=str(tmp_path / "x"), attributes=["sleeve_length"])
     with pytest.raises(ValueError, match="lowercase snake_case"):
         add_heads_command(**kw, out=str(tmp_path / "x"), attributes=["Sleeve Length"])
+    with pytest.raises(ValueError, match="lowercase snake_case"):  # enrich train checks its extra columns too
+        train_command(catalog=[str(styles)], out=str(tmp_path / "t"), attributes=["color", "Sleeve Length"])
     with pytest.raises(ValueError, match="--out must differ from --bundle"):
         add_heads_command(**kw, out=str(bundle), attributes=["motif"])
     result = CliRunner().invoke(app, ["add-heads", "--bundle", str(bundle), "--catalog", str(styles), "--out",
