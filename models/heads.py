@@ -205,6 +205,10 @@ def add_heads_command(
             head_info[a][kind] = info
             log.info("head %s/%s: %s", kind, a, info)
     t_heads = time.monotonic() - t0 - t_cache
+    headless = [a for a in names if not any(a in m.heads for m in (base.image_model, base.text_model) if m)]
+    if headless:
+        raise ValueError(f"{', '.join(headless)}: no product with a text or a photo has two or more of its values "
+                         "labelled; nothing to train a head on")
 
     # 3. the wide model's heads, on its existing vocabularies
     wide = base.wide if linear_text else None

@@ -128,6 +128,18 @@ def test_add_heads_refuses_what_it_cannot_do_cleanly(base: tuple[Path, Path, Pat
         train_command(catalog=[str(styles)], out=str(tmp_path / "t"), attributes=["color", "Sleeve Length"])
     with pytest.raises(ValueError, match="--out must differ from --bundle"):
         add_heads_command(**kw, out=str(bundle), attributes=["motif"])
+    # labels only on products with neither a text nor a photo: nothing to train on
+    blind = tmp_path / "blind.csv"
+    with styles.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    with blind.open("w", newline="") as f:
+        w = csv.DictWriter(f, list(rows[0]))
+        w.writeheader()
+        for i, r in enumerate(rows):
+            empty = {"productDisplayName": "", "description": "", "brand": "", "image": ""}
+            w.writerow(r | empty if i % 2 else r | {"motif": ""})
+    with pytest.raises(ValueError, match="motif: no product with a text or a photo"):
+        add_heads_command(**{**kw, "catalog": str(blind)}, out=str(tmp_path / "x"), attributes=["motif"])
     result = CliRunner().invoke(app, ["add-heads", "--bundle", str(bundle), "--catalog", str(styles), "--out",
                                       str(tmp_path / "y"), "--attribute", "gender", "--no-progress"])
     assert result.exit_code == 2 and "already has gender" in result.output
