@@ -153,6 +153,11 @@ def test_replace_retrains_one_head_and_keeps_the_others(base: tuple[Path, Path, 
                                 replace=True, mention_fusion="color", min_class_count=3, work_dir=str(work),
                                 progress=False, threads=1)
     assert summary["replaced"] == ["color"]
+    cli = CliRunner().invoke(app, ["add-heads", "--bundle", str(bundle), "--catalog", str(styles), "--out",
+                                   str(tmp_path / "cli"), "--attribute", "gender", "--replace", "--min-class-count",
+                                   "3", "--work-dir", str(work), "--no-progress", "--threads", "1"])
+    assert cli.exit_code == 0, cli.output
+    assert "gender" in cli.output and "validation accuracy" in cli.output and "added gender" in cli.output
     old_m = json.loads((bundle / "manifest.json").read_text())
     new_m = json.loads((out / "manifest.json").read_text())
     assert new_m["attributes"] == old_m["attributes"]  # same order: the head is swapped in place
