@@ -167,10 +167,10 @@ def add_heads_command(
                          f"training rows in {catalog} (is the column there? lower --min-class-count?)")
     names = new_tax.names
     ncls = new_tax.num_classes()
+    models = {k: m for k, m in (("image", base.image_model), ("text", base.text_model)) if m is not None}
     for a in names:  # fresh heads; the trunks, dense layers and other heads stay as they are
-        for model in (base.image_model, base.text_model):
-            if model is not None:
-                model.add_head(a, ncls[a], replace=True)
+        for model in models.values():
+            model.add_head(a, ncls[a], replace=True)
 
     # 2. frozen features (bottom caches shared with `enrich train`), then one linear head per attribute
     work = Path(work_dir) if work_dir else out_dir.with_name(out_dir.name + ".work")
@@ -185,9 +185,7 @@ def add_heads_command(
     t_cache = time.monotonic() - t0
     head_info: dict[str, dict[str, Any]] = {a: {} for a in names}
     t_features: dict[str, float] = {}
-    for kind, model in (("image", base.image_model), ("text", base.text_model)):
-        if model is None:
-            continue
+    for kind, model in models.items():
         t_f = time.monotonic()
         z_tr, y_tr = _features(model, [d for d in data["train"] if d.kind == kind], dev)
         z_va, y_va = _features(model, [d for d in data["val"] if d.kind == kind], dev)
@@ -205,7 +203,7 @@ def add_heads_command(
             head_info[a][kind] = info
             log.info("head %s/%s: %s", kind, a, info)
     t_heads = time.monotonic() - t0 - t_cache
-    headless = [a for a in names if not any(a in m.heads for m in (base.image_model, base.text_model) if m)]
+    headless = [a for a in names if not any(a in m.heads for m in models.values())]
     if headless:
         raise ValueError(f"{', '.join(headless)}: no product with a text or a photo has two or more of its values "
                          "labelled; nothing to train a head on")
@@ -221,7 +219,6 @@ def add_heads_command(
                        ncls, c=linear_c)
 
     # 4. pools, fusion, thresholds for the new attributes only (validation rows), merged into the base's
-    models = {k: m for k, m in (("image", base.image_model), ("text", base.text_model)) if m is not None}
     mention_attrs = [a.strip() for a in mention_fusion.split(",") if a.strip() in names]
     unmentioned: dict[str, Any] = {}
     if base.text_model is not None and mention_attrs:

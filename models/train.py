@@ -376,9 +376,9 @@ def cached_datasets(catalogs: Sequence[Mapping[str, Sequence[Product]]], taxonom
     for ci, c in enumerate(catalogs):
         for split in splits:
             prods = c[split]
-            tp = [p for p in prods if text_input(p.title, p.description, p.brand)]
-            if text_model is not None and tp:
-                texts = [text_input(p.title, p.description, p.brand) for p in tp]
+            with_text = [(p, t) for p in prods if (t := text_input(p.title, p.description, p.brand))]
+            if text_model is not None and with_text:
+                tp, texts = [p for p, _ in with_text], [t for _, t in with_text]
                 h, m = cache_text_features(text_model, tokenizer, texts, text_max_len, device, cache_dir,
                                            f"{ci}-{split}-{text_source}", progress=progress)
                 data[split].append(TaskData("text", ci, [p.id for p in tp], encode_labels(tp, taxonomy), h, m,
