@@ -288,6 +288,10 @@ def train(
     ] = None,
     image_size: Annotated[int, typer.Option(help="Side of both image views.")] = 192,
     image_top_blocks: Annotated[int, typer.Option(help="Trailing backbone blocks fine-tuned; the rest is cached.")] = 1,
+    image_augment: Annotated[
+        int, typer.Option(help="Randomly cropped/rotated/flipped copies of each training photo to cache and "
+                               "train on (one CNN pass per copy, once); raising it on a resumed run is allowed.")
+    ] = 0,
     text_encoder: Annotated[
         Path | None, typer.Option(help="Local Hugging Face BERT directory (default: packaged all-MiniLM-L6-v2).")
     ] = None,
@@ -339,6 +343,7 @@ def train(
         image_weights=str(image_weights) if image_weights else None,
         image_size=image_size,
         image_top_blocks=image_top_blocks,
+        image_augment=image_augment,
         text_encoder=str(text_encoder) if text_encoder else None,
         text_train_layers=text_train_layers,
         text_max_len=text_max_len,

@@ -41,6 +41,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from models.augment import PhotoAugment
 from models.bundle import resolve_device, save_bundle
 from models.data import Product, read_catalog, sample_products, split_products
 from models.ensemble import UNMENTIONED, Ensemble, FusionParams, PoolParams, fit_mode, select_pool
@@ -70,6 +71,15 @@ class TaskData:
     mask: np.ndarray | None = None  # text attention mask [N, T]
     texts: list[str] = field(default_factory=list)
     stats: np.ndarray | None = None  # image pixel stats [N, V, 3 g^2]
+    # training photos only (--image-augment): features / stats of K augmented copies, and per row the version
+    # (0: the photo itself, k: variants[k - 1]) this epoch shows; see ``choose_variants``
+    variants: list[np.ndarray] = field(default_factory=list)
+    variant_stats: list[np.ndarray | None] = field(default_factory=list)
+    shown: np.ndarray | None = None
+
+    def choose_variants(self, rng: np.random.Generator) -> None:
+        """Draw, for this epoch, which version of each photo the model sees (uniform over the K + 1)."""
+        self.shown = rng.integers(0, len(self.variants) + 1, size=len(self.ids)) if self.variants else None
 
 
 def parse_weights(spec: str | Mapping[str, float] | None) -> dict[str, float]:
@@ -160,12 +170,15 @@ def cache_text_features(model: MultiTaskTextModel, tokenizer: Any, texts: Sequen
 
 
 def cache_image_features(model: MultiTaskImageModel, preprocess: ImagePreprocess, paths: Sequence[Path | None],
-                         device: torch.device, cache_dir: Path, tag: str, batch_size: int = 32,
-                         progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+                         device: torch.device, cache_dir: Path, tag: str, batch_size: int = 16,
+                         progress: bool = True, augment: PhotoAugment | None = None, variant: int = 0,
+                         seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """CNN bottom outputs for both views of every photo ``[N, V, C, h, w]`` (fp16), an ``ok`` mask, and the
     pixel stats ``[N, V, 3 g^2]`` when the model uses them. Stats are cached apart from the CNN features, so
-    turning them on later costs a decode pass, not a CNN pass."""
-    key = _key("image", tag, preprocess.to_json(), [str(p) for p in paths])
+    turning them on later costs a decode pass, not a CNN pass. With ``augment``, every photo is first
+    transformed by its ``variant``-th random draw (``models.augment``); such a cache has its own key."""
+    aug_key = None if augment is None else [augment.to_json(), variant, seed]
+    key = _key("image", tag, preprocess.to_json(), [str(p) for p in paths], *([aug_key] if aug_key else []))
     ff, fo = cache_dir / f"image-{key}.npy", cache_dir / f"image-{key}-ok.npy"
     g = model.pixel_stats
     fs = cache_dir / f"image-{key}-stats{g}.npy"
@@ -179,6 +192,8 @@ def cache_image_features(model: MultiTaskImageModel, preprocess: ImagePreprocess
 
     def prep(i: int) -> torch.Tensor | None:
         im = load_image(paths[i], preprocess.decode_size)
+        if im is not None and augment is not None:
+            im = augment.apply(im, augment.rng(seed, variant, str(paths[i])))
         return None if im is None else preprocess.views(im)
 
     with torch.inference_mode():
@@ -228,8 +243,18 @@ def _text_inputs(model: MultiTaskTextModel, d: TaskData, idx: np.ndarray, device
 
 
 def _image_inputs(d: TaskData, idx: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    x = torch.from_numpy(d.feats[idx].astype(np.float32)).to(device)
-    st = None if d.stats is None else torch.from_numpy(d.stats[idx]).to(device)
+    feats = d.feats[idx].astype(np.float32)  # fancy indexing copies: safe to overwrite rows below
+    stats = None if d.stats is None else d.stats[idx]
+    if d.shown is not None:
+        v = d.shown[idx]
+        for k, (vf, vs) in enumerate(zip(d.variants, d.variant_stats, strict=True), start=1):
+            rows = np.nonzero(v == k)[0]
+            if len(rows):
+                feats[rows] = vf[idx[rows]]
+                if stats is not None and vs is not None:
+                    stats[rows] = vs[idx[rows]]
+    x = torch.from_numpy(feats).to(device)
+    st = None if stats is None else torch.from_numpy(stats).to(device)
     return x, st
 
 
@@ -365,12 +390,14 @@ def cached_datasets(catalogs: Sequence[Mapping[str, Sequence[Product]]], taxonom
                     text_model: MultiTaskTextModel | None, tokenizer: Any, text_max_len: int, text_source: str,
                     image_model: MultiTaskImageModel | None, preprocess: ImagePreprocess, image_source: str,
                     device: torch.device, cache_dir: Path, progress: bool = True,
-                    splits: Sequence[str] = ("train", "val")) -> dict[str, list[TaskData]]:
+                    splits: Sequence[str] = ("train", "val"), image_augment: int = 0,
+                    augment: PhotoAugment | None = None, seed: int = 0) -> dict[str, list[TaskData]]:
     """Per split, one text and one image :class:`TaskData` per catalog (frozen-bottom features cached on disk).
 
     The cache tags are ``{catalog index}-{split}-{source}``, and the keys also hash the texts / photo paths and
     preprocessing, so ``enrich add-heads`` with the training run's ``--work-dir`` reuses its caches (a bundle's
-    frozen bottoms are the pretrained ones its ``text_source`` / ``image_source`` name).
+    frozen bottoms are the pretrained ones its ``text_source`` / ``image_source`` name). ``image_augment``
+    K > 0 also caches K augmented copies of the *training* photos (validation and test stay as served).
     """
     data: dict[str, list[TaskData]] = {s: [] for s in splits}
     for ci, c in enumerate(catalogs):
@@ -390,9 +417,33 @@ def cached_datasets(catalogs: Sequence[Mapping[str, Sequence[Product]]], taxonom
                 keep = np.nonzero(ok)[0]
                 if len(keep):
                     ipk = [ip[i] for i in keep]
-                    data[split].append(TaskData("image", ci, [p.id for p in ipk], encode_labels(ipk, taxonomy),
-                                                f[keep], stats=None if st is None else st[keep]))
+                    d = TaskData("image", ci, [p.id for p in ipk], encode_labels(ipk, taxonomy), f[keep],
+                                 stats=None if st is None else st[keep])
+                    if split == "train" and image_augment > 0:
+                        _add_variants(d, image_model, preprocess, [ip[i].image for i in keep], device, cache_dir,
+                                      f"{ci}-{split}-{image_source}", image_augment, augment or PhotoAugment(),
+                                      seed, progress)
+                    data[split].append(d)
     return data
+
+
+def _add_variants(d: TaskData, model: MultiTaskImageModel, preprocess: ImagePreprocess, paths: Sequence[Path | None],
+                  device: torch.device, cache_dir: Path, tag: str, k: int, augment: PhotoAugment, seed: int,
+                  progress: bool) -> None:
+    """Cache and attach ``k`` augmented copies of ``d``'s photos. A photo whose augmented copy failed to
+    decode (it decoded a moment ago; a file changed underneath) shows its original features in that copy."""
+    for v in range(1, k + 1):
+        f, ok, st = cache_image_features(model, preprocess, paths, device, cache_dir, f"{tag}-aug{v}",
+                                         progress=progress, augment=augment, variant=v, seed=seed)
+        bad = np.nonzero(~ok)[0]
+        if not ok.any():
+            f, st = d.feats, d.stats
+        elif len(bad):
+            f[bad] = d.feats[bad]
+            if st is not None and d.stats is not None:
+                st[bad] = d.stats[bad]
+        d.variants.append(f)
+        d.variant_stats.append(st)
 
 
 def train_command(
@@ -406,6 +457,7 @@ def train_command(
     image_size: int = 192,
     image_top_blocks: int = 1,
     image_pixel_stats: int = 4,
+    image_augment: int = 0,
     text_encoder: str | None = None,
     text_train_layers: int = 1,
     text_max_len: int = 48,
@@ -447,6 +499,10 @@ def train_command(
       --image-size INT             side of both image views [192]
       --image-top-blocks INT       trailing backbone blocks fine-tuned (the rest is frozen, cached) [1]
       --image-pixel-stats INT      also feed each view's GxG average-pooled pixels to the heads, 0 disables [4]
+      --image-augment INT          cache this many randomly cropped / rotated / flipped copies of every
+                                   training photo; each epoch shows each photo as one of its versions. Costs
+                                   one CNN-bottom pass per copy, once. Not part of the resume key: raising it
+                                   on a resumed run continues training on the augmented photos [0]
       --text-encoder DIR           local Hugging Face BERT directory [packaged all-MiniLM-L6-v2]
       --text-train-layers INT      top encoder layers fine-tuned (the rest is frozen, cached) [1]
       --text-max-len INT           max tokens of title . brand . description [48]
@@ -522,8 +578,10 @@ def train_command(
         p.requires_grad_(True)
 
     # 3. caches
+    augment = PhotoAugment()
     data = cached_datasets(catalogs, taxonomy, text_model, tokenizer, text_max_len, str(enc_dir), image_model,
-                           preprocess, f"{image_backbone}-{image_top_blocks}", dev, cache_dir, progress)
+                           preprocess, f"{image_backbone}-{image_top_blocks}", dev, cache_dir, progress,
+                           image_augment=image_augment, augment=augment, seed=seed)
     t_cache = time.monotonic() - t0
 
     # 4. training
@@ -573,6 +631,9 @@ def train_command(
             g["lr"] = b * 0.5 * (1 + math.cos(math.pi * epoch / max(1, epochs)))
         sampler.set_epoch(epoch)
         torch.manual_seed(seed * 1000 + epoch)
+        shown_rng = np.random.default_rng([seed, epoch])
+        for d in train_ds:
+            d.choose_variants(shown_rng)
         image_model.train()
         text_model.train()
         image_model.bottom.eval()
@@ -592,7 +653,7 @@ def train_command(
             bar.set_postfix(img=f"{run['image']:.3f}", txt=f"{run['text']:.3f}")
             if time.monotonic() > deadline - 20:
                 break
-        rec: dict[str, Any] = {"epoch": epoch, "train_loss": dict(run)}
+        rec: dict[str, Any] = {"epoch": epoch, "train_loss": dict(run), "image_augment": image_augment}
         for kind, m in models.items():
             vds = [d for d in data["val"] if d.kind == kind and len(d.ids)]
             if not vds:
@@ -659,6 +720,7 @@ def train_command(
                 "lr": {"heads": lr, "trunk": trunk_lr, "wide": wide_lr}, "epochs": epochs,
                 "max_minutes": max_minutes, "linear_text": linear_text, "linear_c": linear_c,
                 "mention_fusion": mention_fusion,
+                "image_augment": {"copies": image_augment, **augment.to_json()} if image_augment else None,
             },
         },
     )

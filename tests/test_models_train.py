@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -22,8 +23,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]
     kw = dict(catalog=[str(styles)], out=str(tmp / "bundle"), image_backbone="tiny", image_size=32,
               text_encoder=str(enc), text_train_layers=1, text_max_len=32, wide_buckets=1 << 10,
               batch_size=16, lr=3e-3, trunk_lr=1e-3, min_class_count=3, progress=False, threads=1, seed=1)
-    train_command(**kw, epochs=2)  # then resume from its checkpoint for the remaining epochs
-    summary = train_command(**kw, epochs=5)
+    train_command(**kw, epochs=2)  # then resume from its checkpoint for the remaining epochs, on augmented photos
+    summary = train_command(**kw, epochs=5, image_augment=2)
     return styles, tmp / "bundle", summary
 
 
@@ -32,6 +33,12 @@ def test_training_lowers_the_loss_and_resumes(trained: tuple[Path, Path, dict]) 
     manifest = json.loads((bundle / "manifest.json").read_text())
     hist = manifest["training"]["history"]
     assert [h["epoch"] for h in hist] == [0, 1, 2, 3, 4]  # epochs 0-1 from the first run, 2-4 resumed
+    # the resumed epochs saw each training photo as one of 3 versions (2 augmented copies cached once)
+    assert [h["image_augment"] for h in hist] == [0, 0, 2, 2, 2]
+    assert manifest["training"]["image_augment"]["copies"] == 2
+    cache = bundle.parent / "bundle.work" / "cache"
+    features = [f for f in cache.iterdir() if re.fullmatch(r"image-[0-9a-f]{16}\.npy", f.name)]
+    assert len(features) == 4  # train, val and the 2 copies of train
     for kind in ("text", "image"):
         assert hist[-1]["train_loss"][kind] < hist[0]["train_loss"][kind]
         assert min(h[f"val_loss_{kind}"] for h in hist) < hist[0][f"val_loss_{kind}"]
