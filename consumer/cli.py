@@ -289,8 +289,9 @@ def train(
     image_size: Annotated[int, typer.Option(help="Side of both image views.")] = 192,
     image_top_blocks: Annotated[int, typer.Option(help="Trailing backbone blocks fine-tuned; the rest is cached.")] = 1,
     image_augment: Annotated[
-        int, typer.Option(help="Randomly cropped/rotated/flipped copies of each training photo to cache and "
-                               "train on (one CNN pass per copy, once); raising it on a resumed run is allowed.")
+        int, typer.Option(min=0, help="Randomly cropped/rotated/flipped copies of each training photo to cache "
+                                      "and train on (one CNN pass per copy, once); raising it on a resumed run is "
+                                      "allowed.")
     ] = 0,
     text_encoder: Annotated[
         Path | None, typer.Option(help="Local Hugging Face BERT directory (default: packaged all-MiniLM-L6-v2).")

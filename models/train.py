@@ -535,6 +535,8 @@ def train_command(
       --threads INT                torch CPU threads [all cores]
       --progress / --no-progress   progress bars [progress]
     """
+    if image_augment < 0:
+        raise ValueError(f"image_augment must be >= 0, got {image_augment}")
     t0 = time.monotonic()
     deadline = t0 + max_minutes * 60 if max_minutes else math.inf
     if threads:

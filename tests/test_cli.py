@@ -105,3 +105,10 @@ def test_run_with_a_missing_bundle_exits_1_with_a_clear_log_line(tmp_path) -> No
     assert result.returncode == 1
     fatal = [orjson.loads(line) for line in result.stdout.splitlines() if '"fatal error"' in line]
     assert fatal and "manifest.json" in fatal[0]["error"]
+
+
+def test_train_refuses_a_negative_augment_count(tmp_path) -> None:
+    result = runner.invoke(app, ["train", "--catalog", str(tmp_path / "styles.csv"), "--out", str(tmp_path / "b"),
+                                 "--image-augment", "-1"], terminal_width=200)
+    assert result.exit_code == 2 and "--image-augment" in result.output
+    assert not (tmp_path / "b").exists()

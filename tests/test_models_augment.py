@@ -103,3 +103,11 @@ def test_each_row_is_shown_in_the_version_drawn_for_the_epoch() -> None:
     plain = TaskData("image", 0, ["a"], np.zeros((1, 1), dtype=np.int64), np.zeros((1, 1, 2), dtype=np.float16))
     plain.choose_variants(np.random.default_rng(0))
     assert plain.shown is None  # no copies cached: always the photo itself
+
+
+def test_train_command_refuses_a_negative_augment_count(tmp_path: Path) -> None:
+    from models.train import train_command
+
+    with pytest.raises(ValueError, match="image_augment"):
+        train_command(catalog=[str(tmp_path / "styles.csv")], out=str(tmp_path / "b"), image_augment=-1)
+    assert not (tmp_path / "b.work").exists()  # refused before anything was written
