@@ -170,7 +170,8 @@ def evaluate_command(
       --device TEXT                auto | cpu | cuda [auto]
       --progress / --no-progress   progress bars [progress]
       --against DIR                another bundle (e.g. the one serving now) scored on the same rows:
-                                   accuracy of both ensembles and the paired test (report key ``against``)
+                                   accuracy of both ensembles, and of each single model, with the paired
+                                   test (report key ``against``)
 
     Report shape: ``{"attributes": {ATTR: {"image"|"text"|"ensemble": {"n", "n_input", "accuracy",
     "macro_f1", "precision", "coverage"}}}, "subsets": {"with_image": {...same...}, "unmentioned_with_image":
@@ -180,7 +181,8 @@ def evaluate_command(
     "ensemble_vs_image_with_image" | "ensemble_vs_text_with_image": {"n", "a_only_right", "b_only_right",
     "p_value"}}}, "bundle": {...}}``; fractions in 0..1 (``a`` is the ensemble; p: exact McNemar test). With
     ``against``: ``"against": {"bundle", "same_split", "attributes": {ATTR: {"n", "accuracy_a", "accuracy_b",
-    "a_only_right", "b_only_right", "p_value", "with_image": {...same...}}}}`` (``a``: this bundle).
+    "a_only_right", "b_only_right", "p_value", "with_image": {...same...}, "modalities": {"image"|"text":
+    {...same...}}}}}`` (``a``: this bundle; modalities: top-1 answers of each single model).
     """
     t0 = time.monotonic()
     b = Bundle.load(bundle, device=device)
@@ -315,7 +317,9 @@ def _trained_on(b: Bundle) -> tuple[Any, list[str]]:
 def compare_bundles(a: Bundle, served_a: Served, b: Bundle, rows: Sequence[Product], attrs: Sequence[str],
                     strip_color_words: bool, progress: bool) -> dict[str, Any]:
     """Bundle ``a`` (the one evaluated) against bundle ``b`` on the same rows: the ensemble's accuracy of each,
-    and the products only one of them gets right with the exact McNemar p-value.
+    and the products only one of them gets right with the exact McNemar p-value; the same for each single
+    modality (``modalities``: the image model on the products both could see a photo of, the text model on
+    those both had a text for, top-1 answers), so a new image model is judged apart from the fusion on top.
 
     Why: before rolling out a new bundle the ML team asks whether it beats the one serving now on products
     neither was trained on, and whether a gap of a few products means anything. Each bundle is scored in its
@@ -345,10 +349,17 @@ def compare_bundles(a: Bundle, served_a: Served, b: Bundle, rows: Sequence[Produ
         def acc(r: np.ndarray) -> float:
             return float(r.mean()) if len(r) else 0.0
 
+        modalities: dict[str, Any] = {}
+        for m in ("image", "text"):  # each single model on the rows where both bundles had its input
+            ma, mb = served_a.answers(a, attr, lab, m), served_b.answers(b, attr, lab, m)
+            both = ma["has"] & mb["has"]
+            ra, rb = (ma["pred"] == y_a[lab])[both], (mb["pred"] == y_b[lab])[both]
+            modalities[m] = {"accuracy_a": acc(ra), "accuracy_b": acc(rb), **paired_correct(ra, rb)}
         out["attributes"][attr] = {
             "accuracy_a": acc(right_a), "accuracy_b": acc(right_b), **paired_correct(right_a, right_b),
             "with_image": {"accuracy_a": acc(right_a[photo]), "accuracy_b": acc(right_b[photo]),
                            **paired_correct(right_a[photo], right_b[photo])},
+            "modalities": modalities,
         }
     return out
 
@@ -415,14 +426,16 @@ def format_table(report: dict[str, Any], subset: str | None = None) -> str:
 
 
 def format_against(report: dict[str, Any]) -> str:
-    """A Markdown table of :func:`compare_bundles`: this bundle's ensemble against the other's."""
+    """Markdown tables of :func:`compare_bundles`: this bundle's ensemble against the other's, then each
+    single modality."""
     ag = report["against"]
     lines = [f"this bundle ({report['bundle']['version']}) vs {ag['bundle']['path']} ({ag['bundle']['version']})"
              + ("" if ag["same_split"] else " -- trained on another split: its numbers may be flattered"),
-             "| attribute | n | this acc % | other acc % | only this right | only other right | p |",
-             "|---|---|---|---|---|---|---|"]
+             "| attribute | model | n | this acc % | other acc % | only this right | only other right | p |",
+             "|---|---|---|---|---|---|---|---|"]
     for attr, r in ag["attributes"].items():
-        lines.append(f"| {attr} | {r['n']} | {_pct(r['accuracy_a'])} | {_pct(r['accuracy_b'])} | {r['a_only_right']} "
-                     f"| {r['b_only_right']} | {r['p_value']:.3g} |")
+        for model, m in (("ensemble", r), *r.get("modalities", {}).items()):
+            lines.append(f"| {attr} | {model} | {m['n']} | {_pct(m['accuracy_a'])} | {_pct(m['accuracy_b'])} | "
+                         f"{m['a_only_right']} | {m['b_only_right']} | {m['p_value']:.3g} |")
     return "\n".join(lines)
 

@@ -10,7 +10,7 @@ import pytest
 
 from models.bundle import Bundle
 from models.catalog.synthetic import generate_catalog
-from models.evaluate import evaluate_command
+from models.evaluate import evaluate_command, format_against
 from models.testing import tiny_bert_dir
 from models.train import train_command
 
@@ -162,6 +162,29 @@ def test_evaluate_against_another_bundle(trained: tuple[Path, Path, dict], tmp_p
     assert got["with_image"]["accuracy_b"] == pytest.approx(
         report["subsets"]["with_image"]["attributes"]["color"]["image"]["accuracy"])
     assert got["a_only_right"] + got["b_only_right"] > 0  # the copy really answers differently
+
+    table = format_against(report)  # what `enrich evaluate --against` prints
+    assert all(f"| color | {m} | " in table for m in ("ensemble", "image", "text"))
+    # the single models are the same in the copy (only its fusion differs): 0 products apart on each
+    for m in ("image", "text"):
+        assert got["modalities"][m]["a_only_right"] == got["modalities"][m]["b_only_right"] == 0
+    img = report["subsets"]["with_image"]["attributes"]["color"]["image"]
+    assert got["modalities"]["image"]["n"] == img["n_input"]
+    assert got["modalities"]["image"]["accuracy_a"] == pytest.approx(img["accuracy"])
+
+    biased = _photo_only_copy(bundle, tmp_path / "always-first")  # its image model always answers class 0
+    manifest = json.loads((biased / "manifest.json").read_text())
+    n_cls = len(manifest["taxonomy"]["attributes"]["color"]["values"])
+    manifest["fusion"]["color"]["image"]["bias"] = [1000.0] + [0.0] * (n_cls - 1)
+    (biased / "manifest.json").write_text(json.dumps(manifest))
+    vs_biased = evaluate_command(bundle=str(bundle), catalog=str(styles), progress=False, baseline=False,
+                                 attributes=["color"], against=str(biased))["against"]["attributes"]["color"]
+    alone = evaluate_command(bundle=str(biased), catalog=str(styles), progress=False, baseline=False,
+                             attributes=["color"])["subsets"]["with_image"]["attributes"]["color"]["image"]
+    assert vs_biased["modalities"]["image"]["accuracy_b"] == pytest.approx(alone["accuracy"])
+    assert vs_biased["modalities"]["image"]["accuracy_b"] < vs_biased["modalities"]["image"]["accuracy_a"]
+    assert vs_biased["modalities"]["image"]["a_only_right"] > 0
+    assert vs_biased["modalities"]["text"]["a_only_right"] == vs_biased["modalities"]["text"]["b_only_right"] == 0
 
     shifted = _photo_only_copy(bundle, tmp_path / "other-split", split_seed=99)
     warned = evaluate_command(bundle=str(bundle), catalog=str(styles), progress=False, baseline=False,
