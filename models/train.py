@@ -177,8 +177,8 @@ def cache_image_features(model: MultiTaskImageModel, preprocess: ImagePreprocess
     pixel stats ``[N, V, 3 g^2]`` when the model uses them. Stats are cached apart from the CNN features, so
     turning them on later costs a decode pass, not a CNN pass. With ``augment``, every photo is first
     transformed by its ``variant``-th random draw (``models.augment``); such a cache has its own key."""
-    aug_key = None if augment is None else [augment.to_json(), variant, seed]
-    key = _key("image", tag, preprocess.to_json(), [str(p) for p in paths], *([aug_key] if aug_key else []))
+    aug_key = () if augment is None else ([augment.to_json(), variant, seed],)  # plain caches keep their keys
+    key = _key("image", tag, preprocess.to_json(), [str(p) for p in paths], *aug_key)
     ff, fo = cache_dir / f"image-{key}.npy", cache_dir / f"image-{key}-ok.npy"
     g = model.pixel_stats
     fs = cache_dir / f"image-{key}-stats{g}.npy"
@@ -435,13 +435,12 @@ def _add_variants(d: TaskData, model: MultiTaskImageModel, preprocess: ImagePrep
     for v in range(1, k + 1):
         f, ok, st = cache_image_features(model, preprocess, paths, device, cache_dir, f"{tag}-aug{v}",
                                          progress=progress, augment=augment, variant=v, seed=seed)
-        bad = np.nonzero(~ok)[0]
         if not ok.any():
             f, st = d.feats, d.stats
-        elif len(bad):
-            f[bad] = d.feats[bad]
+        elif not ok.all():
+            f[~ok] = d.feats[~ok]
             if st is not None and d.stats is not None:
-                st[bad] = d.stats[bad]
+                st[~ok] = d.stats[~ok]
         d.variants.append(f)
         d.variant_stats.append(st)
 
