@@ -64,3 +64,47 @@ class PhotoAugment:
         d = asdict(self)
         d["scale"], d["ratio"] = list(self.scale), list(self.ratio)
         return d
+
+
+#: The retailer's original photo shape (width:height); the shared photos were squashed from it to 224x224.
+PORTRAIT = (3, 4)
+#: Photo shapes a bundle is checked (and, with ``--image-shape-views``, trained) on: ``squash`` the photo
+#: un-squashed to its 3:4 original (the serving preprocess squashes it back to a square), ``letterbox`` that
+#: 3:4 original padded with white bars to a square, as a vendor who keeps the aspect ratio would send it
+#: (the garment is then 3/4 as wide as in training).
+PHOTO_SHAPES = ("squash", "letterbox")
+
+
+@dataclass(frozen=True)
+class PhotoShape:
+    """A deterministic photo-shape shift with :class:`PhotoAugment`'s interface (``rng`` / ``apply`` /
+    ``to_json``), so it caches and trains through the same variant path.
+
+    ``apply`` assumes a photo squashed to a square from a 3:4 original (the shared catalog): it first
+    restores the 3:4 shape (height 4/3 of the width), then for ``letterbox`` pads it to a white square.
+    """
+
+    mode: str = "letterbox"
+
+    def __post_init__(self) -> None:
+        if self.mode not in PHOTO_SHAPES:
+            raise ValueError(f"unknown photo shape {self.mode!r} ({' | '.join(PHOTO_SHAPES)})")
+
+    def rng(self, seed: int, variant: int, path: Path | str) -> np.random.Generator:
+        """Unused (the shift is deterministic); kept for the variant-cache interface."""
+        return np.random.default_rng(0)
+
+    def apply(self, img: Image.Image, rng: np.random.Generator | None = None) -> Image.Image:
+        """The photo at 3:4 (``squash``) or at 3:4 letterboxed into a white square (``letterbox``)."""
+        w, _h = img.size
+        ph = round(w * PORTRAIT[1] / PORTRAIT[0])
+        portrait = img.resize((w, ph), Image.Resampling.BICUBIC)
+        if self.mode == "squash":
+            return portrait
+        canvas = Image.new("RGB", (ph, ph), BACKGROUND)
+        canvas.paste(portrait, ((ph - w) // 2, 0))
+        return canvas
+
+    def to_json(self) -> dict[str, Any]:
+        """Manifest and cache-key form."""
+        return {"shape": self.mode, "aspect": list(PORTRAIT)}

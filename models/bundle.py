@@ -29,7 +29,7 @@ import hashlib
 import json
 import shutil
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -316,14 +316,19 @@ class Bundle:
         return out
 
     def combine(self, text_probs: Mapping[str, np.ndarray] | None,
-                image_probs: Sequence[Mapping[str, np.ndarray]], text: str | None = None
-                ) -> dict[str, AttributePrediction]:
+                image_probs: Sequence[Mapping[str, np.ndarray]], text: str | None = None,
+                text_only: Collection[str] = ()) -> dict[str, AttributePrediction]:
         """Fuse per attribute: several images are averaged; no image -> text only; no text -> image only.
 
         ``text`` is the model text the text probabilities came from: when it names none of an attribute's
         values (no colour word in the title, say), the fusion's ``-unmentioned`` mode and threshold are used.
         ``value`` is ``None`` when the fused confidence is below the attribute's threshold for that input mode,
         or when neither modality said anything.
+
+        ``text_only`` names attributes to fuse from the text alone (its ``text`` mode and threshold) even
+        when there is a photo: what the drift guard (``models.drift.DriftGuard.text_only_attributes``) asks
+        for while an attribute's image-text agreement is below its training-time band. The image's answer
+        still appears as evidence. An attribute without text evidence keeps using the image.
         """
         mentioned = self.mentioned(text) if text is not None else {}
         out: dict[str, AttributePrediction] = {}
@@ -337,7 +342,8 @@ class Bundle:
             if t is None and i is None:
                 out[a] = AttributePrediction(None, 0.0, float(self.thresholds.get(a, {}).get("both", 1.0)))
                 continue
-            fused, mode = self.ensemble.fuse(a, t, i, mentioned.get(a, True))
+            fused, mode = self.ensemble.fuse(a, t, None if t is not None and a in text_only else i,
+                                             mentioned.get(a, True))
             k = int(np.argmax(fused))
             conf = float(fused[k])
             thr = self.threshold(a, mode)

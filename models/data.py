@@ -9,7 +9,7 @@ exactly one split, for every task and every run, without a stored list.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +28,7 @@ class Product:
     brand: str = ""
     image: Path | None = None
     labels: dict[str, str | None] = field(default_factory=dict)
+    year: int | None = None
 
 
 def read_catalog(path: str | Path, extra_labels: Sequence[str] = ()) -> list[Product]:
@@ -42,7 +43,7 @@ def read_catalog(path: str | Path, extra_labels: Sequence[str] = ()) -> list[Pro
         p = p / "styles.csv"
     return [
         Product(id=it.id, title=it.title, description=it.description, brand=it.brand, image=it.image_path,
-                labels=dict(it.labels))
+                labels=dict(it.labels), year=it.year)
         for it in read_kaggle(p, extra_labels)
     ]
 
@@ -77,3 +78,53 @@ def split_products(
     for pr in products:
         out[split_of(pr.id, seed, fractions)].append(pr)
     return out
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """How products are assigned to train / val / test; stored in the bundle manifest (``split``).
+
+    ``method="hash"``: the seeded product-id hash (:func:`split_of`), an in-distribution split.
+    ``method="year"``: a split that looks like the future: products of catalogue years before ``val_from``
+    train, ``val_from`` <= year < ``test_from`` validate (fusion, thresholds and model selection are fitted on
+    later years than the models learnt from), ``test_from`` and later test. A product without a year
+    falls back to the hash split (it carries no time), so no row is lost.
+    """
+
+    method: str = "hash"
+    seed: int = 0
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    val_from: int = 2013
+    test_from: int = 2016
+
+    def of(self, product_id: str, year: int | None) -> str:
+        """``train`` / ``val`` / ``test`` for one product."""
+        if self.method == "year" and year is not None:
+            return "train" if year < self.val_from else ("val" if year < self.test_from else "test")
+        if self.method not in ("hash", "year"):
+            raise ValueError(f"unknown split method {self.method!r} (hash | year)")
+        return split_of(product_id, self.seed, self.fractions)
+
+    def split(self, products: Iterable[Product]) -> dict[str, list[Product]]:
+        """Group products by :meth:`of`."""
+        out: dict[str, list[Product]] = {"train": [], "val": [], "test": []}
+        for pr in products:
+            out[self.of(pr.id, pr.year)].append(pr)
+        return out
+
+    def to_json(self) -> dict[str, object]:
+        """Manifest form (``method`` ``sha256(seed:id)`` for the hash split, as older manifests wrote it)."""
+        d: dict[str, object] = {"method": "sha256(seed:id)" if self.method == "hash" else "year",
+                                "seed": self.seed, "fractions": list(self.fractions)}
+        if self.method == "year":
+            d.update({"val_from": self.val_from, "test_from": self.test_from})
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, object] | None) -> SplitSpec:
+        """Inverse of :meth:`to_json`; a manifest without ``split`` used the hash split with seed 0."""
+        d = dict(d or {})
+        method = "year" if d.get("method") == "year" else "hash"
+        fr = tuple(float(x) for x in d.get("fractions", (0.8, 0.1, 0.1)))  # type: ignore[attr-defined]
+        return cls(method, int(d.get("seed", 0)), fr,  # type: ignore[arg-type]
+                   int(d.get("val_from", 2013)), int(d.get("test_from", 2016)))  # type: ignore[arg-type]

@@ -227,13 +227,19 @@ CANDIDATES: tuple[tuple[str, bool, bool, float], ...] = (
     ("weights+bias+class", True, True, 1e-2),
 )
 
+#: The bounded-weight candidate: source weights only, every source after the first (the image, in a text +
+#: image fusion) capped at this weight, so however well it fitted, it can only tip close calls of the first.
+BOUNDED_WEIGHT = 0.5
+
 
 def fit_pool(logps: Sequence[np.ndarray], y: np.ndarray, *, fit_bias: bool, per_class: bool, l2: float,
-             weight_l2: float = 1e-3, steps: int = 100, kind: str = "") -> PoolParams:
+             weight_l2: float = 1e-3, steps: int = 100, kind: str = "", bound_rest: float | None = None
+             ) -> PoolParams:
     """Minimise the pooled NLL (+ L2 on bias / per-class offsets, a pull of the weights towards 1).
 
     Analytic gradient + scipy's L-BFGS-B with the weights bounded to [0, 20] (a source never counts
-    negatively). Why not torch LBFGS (the first fusion's fitter): ``select_pool`` runs ~16 fits per attribute
+    negatively); ``bound_rest`` caps every source after the first at that weight.
+    Why not torch LBFGS (the first fusion's fitter): ``select_pool`` runs ~16 fits per attribute
     and stage, and torch's per-step overhead made that a minute of the demo's 3-minute budget.
     """
     from scipy.optimize import minimize
@@ -266,8 +272,10 @@ def fit_pool(logps: Sequence[np.ndarray], y: np.ndarray, *, fit_bias: bool, per_
             grads.append((gl + 2 * l2 * v).ravel())
         return loss, np.concatenate(grads)
 
-    theta0 = np.concatenate([np.ones(s_n), np.zeros(k if fit_bias else 0), np.zeros(s_n * k if per_class else 0)])
-    bounds = [(0.0, 20.0)] * s_n + [(None, None)] * (len(theta0) - s_n)
+    w0 = np.ones(s_n) if bound_rest is None else np.array([1.0] + [min(1.0, bound_rest)] * (s_n - 1))
+    theta0 = np.concatenate([w0, np.zeros(k if fit_bias else 0), np.zeros(s_n * k if per_class else 0)])
+    wb = [(0.0, 20.0)] + [(0.0, 20.0 if bound_rest is None else bound_rest)] * (s_n - 1)
+    bounds = wb + [(None, None)] * (len(theta0) - s_n)
     theta = minimize(f, theta0, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": steps}).x if n \
         else theta0
     w, b, v = unpack(theta)
@@ -285,60 +293,96 @@ class PoolSelection:
 
 
 def select_pool(probs: Sequence[np.ndarray], labels: np.ndarray, names: Sequence[str] | None = None,
-                folds: int = 5, seed: int = 0) -> PoolSelection:
+                folds: int = 5, seed: int = 0, groups: Sequence[str] | None = None,
+                fold_keys: Sequence[Any] | None = None) -> PoolSelection:
     """Choose how to pool ``probs`` (each ``[N, K]``) by ``folds``-fold cross-validation on these rows.
 
-    Candidates: each source alone, untouched (so the pool is never chosen when it does not beat the best
-    single source out of fold), and the fitted pools of :data:`CANDIDATES`. The winner has the highest
-    out-of-fold accuracy (ties: lower out-of-fold NLL; then the simpler candidate) and is refitted on all
-    rows. ``oof`` holds the winner's out-of-fold probabilities: a later stage (e.g. the image + text fusion
-    stacked on the served text) is fitted on them rather than on in-sample pooled probabilities.
+    Candidates: each source alone, untouched (the first source alone, the text in a text + image fusion, is
+    always one), the fitted pools of :data:`CANDIDATES`, and the bounded-weight pool (:data:`BOUNDED_WEIGHT`).
+
+    ``groups`` names each row's condition (e.g. the photo as it is, the photo at 3:4 letterboxed: the same
+    product's text next to each version of its photo) and ``fold_keys`` the product, so every version of a
+    product is in the same fold. The rule, so a pool cannot be dragged below its best single source by a
+    shift one of the groups contains: per group, a candidate's out-of-fold hits minus the best single
+    source's hits in that group; a candidate whose worst group is more than one product behind is ranked
+    below every candidate within one product in all groups, and among those by how far behind its worst
+    group is. Then the highest out-of-fold accuracy over all rows, then lower NLL, then the simpler
+    candidate. With one group this is "the highest out-of-fold accuracy" (the best single source is a
+    candidate). The winner is refitted on all rows. ``oof`` holds its out-of-fold probabilities: a later
+    stage (the image + text fusion stacked on the served text) is fitted on them.
     """
     names = list(names or [f"s{i}" for i in range(len(probs))])
     y = np.asarray(labels, dtype=np.int64)
     n, k = len(y), int(probs[0].shape[1])
     lps = [_log(np.asarray(p, dtype=np.float64)) for p in probs]
     rng = np.random.default_rng(seed)
-    fold_of = rng.permutation(n) % max(2, min(folds, n)) if n else np.zeros(0, dtype=np.int64)
+    nf = max(2, min(folds, n))
+    if fold_keys is not None and n:
+        uniq = {key: i for i, key in enumerate(dict.fromkeys(fold_keys))}
+        perm = rng.permutation(len(uniq)) % nf
+        fold_of = np.array([perm[uniq[key]] for key in fold_keys], dtype=np.int64)
+    else:
+        fold_of = rng.permutation(n) % nf if n else np.zeros(0, dtype=np.int64)
+    grp = np.asarray(list(groups) if groups is not None else [""] * n)
     cands: list[tuple[str, Any]] = []
     for s, nm in enumerate(names):
         onehot = [1.0 if t == s else 0.0 for t in range(len(probs))]
         cands.append((f"only:{nm}" if len(probs) > 1 else "identity", PoolParams(onehot, kind=f"only:{nm}"
                                                                                    if len(probs) > 1 else "identity")))
+    n_single = len(cands)
     for spec in CANDIDATES:
-        cands.append((spec[0], spec))
+        cands.append((spec[0], (*spec, None)))
+    if len(probs) > 1:
+        cands.append(("weights-bounded", ("weights-bounded", False, False, 0.0, BOUNDED_WEIGHT)))
     scores: dict[str, dict[str, float]] = {}
     oofs: dict[str, np.ndarray] = {}
+    hits: dict[str, dict[str, int]] = {}
     for cname, c in cands:
         oof = np.zeros((n, k), dtype=np.float64)
         if isinstance(c, PoolParams):
             oof = c.apply(probs) if n else oof
         else:
-            _, fb, pc, l2 = c
+            _, fb, pc, l2, bound = c
             for f in np.unique(fold_of):
                 tr, te = np.nonzero(fold_of != f)[0], np.nonzero(fold_of == f)[0]
-                pp = fit_pool([lp[tr] for lp in lps], y[tr], fit_bias=fb, per_class=pc, l2=l2, kind=cname)
+                pp = fit_pool([lp[tr] for lp in lps], y[tr], fit_bias=fb, per_class=pc, l2=l2, kind=cname,
+                              bound_rest=bound)
                 oof[te] = pp.apply([np.asarray(p)[te] for p in probs])
         oofs[cname] = oof
-        acc = float((oof.argmax(1) == y).mean()) if n else 0.0
+        right = oof.argmax(1) == y if n else np.zeros(0, dtype=bool)
+        hits[cname] = {str(g): int(right[grp == g].sum()) for g in np.unique(grp)}
+        acc = float(right.mean()) if n else 0.0
         nll = float(-np.log(np.clip(oof[np.arange(n), y], _EPS, 1.0)).mean()) if n else 0.0
         scores[cname] = {"accuracy": acc, "nll": nll}
-    order = sorted(range(len(cands)), key=lambda i: (-scores[cands[i][0]]["accuracy"], scores[cands[i][0]]["nll"], i))
+        if len(hits[cname]) > 1:
+            scores[cname].update({f"hits:{g}": float(h) for g, h in hits[cname].items()})
+    best_single = {g: max(hits[cands[i][0]][g] for i in range(n_single)) for g in hits[cands[0][0]]}
+
+    def behind(cname: str) -> int:
+        """How many products the candidate's worst group is behind the best single source there (0: within
+        one product in every group)."""
+        worst = min((hits[cname][g] - best_single[g] for g in best_single), default=0)
+        return min(0, worst + 1)
+
+    order = sorted(range(len(cands)), key=lambda i: (-behind(cands[i][0]), -scores[cands[i][0]]["accuracy"],
+                                                     scores[cands[i][0]]["nll"], i))
     best_name, best = cands[order[0]]
     if isinstance(best, PoolParams):
         params = best
     else:
-        _, fb, pc, l2 = best
-        params = fit_pool(lps, y, fit_bias=fb, per_class=pc, l2=l2, kind=best_name)
+        _, fb, pc, l2, bound = best
+        params = fit_pool(lps, y, fit_bias=fb, per_class=pc, l2=l2, kind=best_name, bound_rest=bound)
     return PoolSelection(params, oofs[best_name], scores)
 
 
 def fit_mode(probs: Mapping[str, np.ndarray], labels: np.ndarray, target_precision: float,
-             fixed: FusionParams | None = None) -> tuple[FusionParams, float, dict[str, Any]]:
+             fixed: FusionParams | None = None, groups: Sequence[str] | None = None,
+             fold_keys: Sequence[Any] | None = None) -> tuple[FusionParams, float, dict[str, Any]]:
     """One attribute's fusion for one input mode: ``probs`` maps ``"text"`` and/or ``"image"`` to ``[N, K]``.
 
     The pool is chosen by :func:`select_pool`; the threshold and the reported validation metrics come from
     its *out-of-fold* probabilities. With ``fixed``, that pool is kept and only the threshold is fitted.
+    ``groups`` / ``fold_keys``: see :func:`select_pool` (rows of shifted photos next to the photos as they are).
     Returns ``(params, threshold, metrics)``.
     """
     srcs = [s for s in ("text", "image") if s in probs]
@@ -347,7 +391,7 @@ def fit_mode(probs: Mapping[str, np.ndarray], labels: np.ndarray, target_precisi
         params, scores = fixed, {}
         oof = fixed.pool(srcs).apply([probs[s] for s in srcs])
     else:
-        sel = select_pool([probs[s] for s in srcs], y, srcs)
+        sel = select_pool([probs[s] for s in srcs], y, srcs, groups=groups, fold_keys=fold_keys)
         params, scores, oof = FusionParams.from_pool(sel.params, srcs), sel.scores, sel.oof
     conf, pred = oof.max(1), oof.argmax(1)
     correct = (pred == y).astype(np.float64)

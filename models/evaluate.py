@@ -33,10 +33,11 @@ import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from tqdm import tqdm
 
+from models.augment import PhotoShape
 from models.baseline import fit_predict, score
 from models.bundle import Bundle
 from models.compare import paired, paired_correct
-from models.data import Product, read_catalog, split_of
+from models.data import Product, SplitSpec, read_catalog
 from models.taxonomy import KAGGLE_COLUMNS
 from models.text_clean import mentions, remove_words
 from models.train import load_image, prefetch
@@ -107,9 +108,13 @@ class Served:
         return {"pred": pred, "conf": conf, "has": has, "thr": thr}
 
 
-def serve_rows(b: Bundle, rows: Sequence[Product], strip_words: set[str], progress: bool) -> Served:
+def serve_rows(b: Bundle, rows: Sequence[Product], strip_words: set[str], progress: bool,
+               photo_shape: str | None = None) -> Served:
     """Run ``rows`` through ``b``'s serving path (text cleaning, both text sources, photos decoded at the
-    bundle's size). Photos are decoded in a background thread while the CNN runs."""
+    bundle's size). Photos are decoded in a background thread while the CNN runs. ``photo_shape``
+    (``squash`` | ``letterbox``, ``models.augment.PhotoShape``) first turns every photo into its 3:4 version,
+    squashed or letterboxed: the photo-shape shift check."""
+    shape = PhotoShape(photo_shape) if photo_shape else None
 
     def txt(p: Product) -> str:
         t = b.text_input(p.title, p.description, p.brand)
@@ -120,6 +125,8 @@ def serve_rows(b: Bundle, rows: Sequence[Product], strip_words: set[str], progre
 
     def views(p: Product) -> Any:
         im = load_image(p.image, b.image_decode_size)
+        if im is not None and shape is not None:
+            im = shape.apply(im)
         return None if im is None else b.image_views(im)
 
     image_probs: list[dict[str, np.ndarray] | None] = [None] * len(rows)
@@ -149,6 +156,7 @@ def evaluate_command(
     device: str = "auto",
     progress: bool = True,
     against: str | None = None,
+    photo_shape: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a bundle on a Kaggle-format catalog; returns (and optionally writes) the JSON report.
 
@@ -172,6 +180,12 @@ def evaluate_command(
       --against DIR                another bundle (e.g. the one serving now) scored on the same rows:
                                    accuracy of both ensembles, and of each single model, with the paired
                                    test (report key ``against``)
+      --photo-shape squash|letterbox  serve every photo at the retailer's 3:4 shape first: un-squashed (the
+                                   preprocess squashes it back) or letterboxed into a white square (the
+                                   photo-shape shift check; report key ``catalog.photo_shape``)
+
+    Rows scored: the bundle's own split (``split`` in its manifest: the product-id hash, or ``year`` for a
+    bundle trained on the time split, whose test rows are the latest catalogue years).
 
     Report shape: ``{"attributes": {ATTR: {"image"|"text"|"ensemble": {"n", "n_input", "accuracy",
     "macro_f1", "precision", "coverage"}}}, "subsets": {"with_image": {...same...}, "unmentioned_with_image":
@@ -190,15 +204,14 @@ def evaluate_command(
     if cat_path.is_dir():
         cat_path = cat_path / "styles.csv"
     products = read_catalog(cat_path, [a for a in b.attributes if a not in KAGGLE_COLUMNS])  # add-heads' columns
-    seed = int(b.manifest.get("split", {}).get("seed", 0))
-    fr = tuple(b.manifest.get("split", {}).get("fractions", (0.8, 0.1, 0.1)))
+    spec = SplitSpec.from_json(b.manifest.get("split"))
     if split == "auto":
         split = "test" if str(cat_path.resolve()) in _training_catalogs(b) else "all"
-    rows = products if split == "all" else [p for p in products if split_of(p.id, seed, fr) == split]  # type: ignore[arg-type]
+    rows = products if split == "all" else [p for p in products if spec.of(p.id, p.year) == split]
     if max_products:
         rows = rows[:max_products]
     words = _color_words(b) if strip_color_words else set()
-    served = serve_rows(b, rows, words, progress)
+    served = serve_rows(b, rows, words, progress, photo_shape)
     texts, text_parts = served.texts, served.text_parts
     has_img = served.has_image
     has_txt = np.array([bool(t) for t in served.text_probs])
@@ -256,7 +269,7 @@ def evaluate_command(
                          att.values)
 
     if baseline:
-        train_rows = [p for p in products if split_of(p.id, seed, fr) == "train"]  # type: ignore[arg-type]
+        train_rows = [p for p in products if spec.of(p.id, p.year) == "train"]
         if split in ("all", "train") or not train_rows:
             log.warning("baseline skipped: needs a held-out split of a training catalog")
         else:
@@ -286,7 +299,8 @@ def evaluate_command(
     }
     report["catalog"] = {"path": str(cat_path), "split": split, "rows": len(rows),
                          "with_image": int(has_img.sum()), "with_text": int(has_txt.sum()),
-                         "strip_color_words": strip_color_words}
+                         "strip_color_words": strip_color_words, "photo_shape": photo_shape,
+                         "split_method": spec.method}
     report["seconds"] = round(time.monotonic() - t0, 1)
     plot_dir = Path(plots) if plots else (Path(json_out).with_name(Path(json_out).stem + "_plots")
                                           if json_out else None)

@@ -31,7 +31,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 
 from models.bundle import ENCODER_DIR, Bundle, resolve_device, save_bundle
-from models.data import read_catalog, sample_products, split_products
+from models.data import SplitSpec, read_catalog, sample_products
 from models.ensemble import Ensemble
 from models.taxonomy import KAGGLE_COLUMNS, Taxonomy, check_attribute_names
 from models.train import TaskData, cached_datasets, embed_dataset, fit_ensemble, unmentioned_text_probs
@@ -153,13 +153,15 @@ def add_heads_command(
     if existing and not replace:
         raise ValueError(f"the bundle already has {', '.join(existing)}; pass --replace to retrain those heads")
     man = base.manifest
-    split_seed = int(man.get("split", {}).get("seed", 0)) if seed is None else seed
-    fractions = tuple(man.get("split", {}).get("fractions", (0.8, 0.1, 0.1)))
+    base_split = SplitSpec.from_json(man.get("split"))
+    split_seed = base_split.seed if seed is None else seed
+    split_spec = SplitSpec(base_split.method, split_seed, base_split.fractions, base_split.val_from,
+                           base_split.test_from)
 
     # 1. data and the new attributes' taxonomy
     prods = sample_products(read_catalog(catalog, [a for a in wanted if a not in KAGGLE_COLUMNS]),
                             max_products, split_seed)
-    split = split_products(prods, split_seed, fractions)  # type: ignore[arg-type]
+    split = split_spec.split(prods)
     new_tax = Taxonomy.build([p.labels for p in split["train"]], wanted, min_count=min_class_count)
     unusable = [a for a in wanted if a not in new_tax.attributes]
     if unusable:
@@ -224,7 +226,7 @@ def add_heads_command(
     if base.text_model is not None and mention_attrs:
         unmentioned = unmentioned_text_probs(base.text_model, base.tokenizer, base.text_max_len, data["val"],
                                              new_tax, base.wide, dev, mention_attrs, progress=progress)
-    ens, thresholds, val_metrics, text_fusion = fit_ensemble(models, data["val"], new_tax, dev, target_precision,
+    ens, thresholds, val_metrics, text_fusion, drift = fit_ensemble(models, data["val"], new_tax, dev, target_precision,
                                                              wide=base.wide, unmentioned=unmentioned)
     taxonomy = Taxonomy({**base.taxonomy.attributes, **new_tax.attributes})
     ensemble = Ensemble({**base.ensemble.params, **ens.params})
@@ -241,7 +243,8 @@ def add_heads_command(
         "seconds": {"cache": round(t_cache, 1), "features": t_features, "heads": round(t_heads, 1),
                     "total": round(time.monotonic() - t0, 1)},
     }
-    keep = {k: man[k] for k in ("split", "training") if k in man}
+    keep = {k: man[k] for k in ("split", "training", "photo_shapes") if k in man}
+    keep["drift"] = {a: d for a, d in (man.get("drift") or {}).items() if a not in names} | drift
     version = save_bundle(
         out_dir, name=name or base.name, taxonomy=taxonomy, image_model=base.image_model,
         image_preprocess=base.preprocess, image_backbone=backbone, text_model=base.text_model,

@@ -41,9 +41,10 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from models.augment import PhotoAugment
+from models.augment import PhotoAugment, PhotoShape
 from models.bundle import resolve_device, save_bundle
-from models.data import Product, read_catalog, sample_products, split_products
+from models.data import Product, SplitSpec, read_catalog, sample_products
+from models.drift import agreement_band
 from models.ensemble import UNMENTIONED, Ensemble, FusionParams, PoolParams, fit_mode, select_pool
 from models.image_model import ImagePreprocess, MultiTaskImageModel, build_backbone
 from models.multitask import MultiDatasetSampler, masked_multitask_loss
@@ -76,6 +77,9 @@ class TaskData:
     variants: list[np.ndarray] = field(default_factory=list)
     variant_stats: list[np.ndarray | None] = field(default_factory=list)
     shown: np.ndarray | None = None
+    #: image datasets: "" for the photos as they are, else the photo shape shift they were cached under
+    #: (``models.augment.PhotoShape``: "squash", "letterbox"), the shifted folds of validation
+    view: str = ""
 
     def choose_variants(self, rng: np.random.Generator) -> None:
         """Draw, for this epoch, which version of each photo the model sees (uniform over the K + 1)."""
@@ -171,7 +175,7 @@ def cache_text_features(model: MultiTaskTextModel, tokenizer: Any, texts: Sequen
 
 def cache_image_features(model: MultiTaskImageModel, preprocess: ImagePreprocess, paths: Sequence[Path | None],
                          device: torch.device, cache_dir: Path, tag: str, batch_size: int = 16,
-                         progress: bool = True, augment: PhotoAugment | None = None, variant: int = 0,
+                         progress: bool = True, augment: PhotoAugment | PhotoShape | None = None, variant: int = 0,
                          seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """CNN bottom outputs for both views of every photo ``[N, V, C, h, w]`` (fp16), an ``ok`` mask, and the
     pixel stats ``[N, V, 3 g^2]`` when the model uses them. Stats are cached apart from the CNN features, so
@@ -391,13 +395,18 @@ def cached_datasets(catalogs: Sequence[Mapping[str, Sequence[Product]]], taxonom
                     image_model: MultiTaskImageModel | None, preprocess: ImagePreprocess, image_source: str,
                     device: torch.device, cache_dir: Path, progress: bool = True,
                     splits: Sequence[str] = ("train", "val"), image_augment: int = 0,
-                    augment: PhotoAugment | None = None, seed: int = 0) -> dict[str, list[TaskData]]:
+                    augment: PhotoAugment | None = None, seed: int = 0, shape_views: Sequence[str] = (),
+                    shift_folds: Sequence[str] = ()) -> dict[str, list[TaskData]]:
     """Per split, one text and one image :class:`TaskData` per catalog (frozen-bottom features cached on disk).
 
     The cache tags are ``{catalog index}-{split}-{source}``, and the keys also hash the texts / photo paths and
     preprocessing, so ``enrich add-heads`` with the training run's ``--work-dir`` reuses its caches (a bundle's
     frozen bottoms are the pretrained ones its ``text_source`` / ``image_source`` name). ``image_augment``
     K > 0 also caches K augmented copies of the *training* photos (validation and test stay as served).
+    ``shape_views`` (``PhotoShape`` modes) add one more training copy per shape (the photo at 3:4, squashed
+    or letterboxed), so a vendor's original photo is not out of distribution; ``shift_folds`` add, for every
+    other split, one more image dataset per shape (``TaskData.view``): the shifted folds that model
+    selection, the fusion and the thresholds are fitted on next to the photos as they are.
     """
     data: dict[str, list[TaskData]] = {s: [] for s in splits}
     for ci, c in enumerate(catalogs):
@@ -419,17 +428,31 @@ def cached_datasets(catalogs: Sequence[Mapping[str, Sequence[Product]]], taxonom
                     ipk = [ip[i] for i in keep]
                     d = TaskData("image", ci, [p.id for p in ipk], encode_labels(ipk, taxonomy), f[keep],
                                  stats=None if st is None else st[keep])
+                    tag = f"{ci}-{split}-{image_source}"
+                    kp = [ip[i].image for i in keep]
                     if split == "train" and image_augment > 0:
-                        _add_variants(d, image_model, preprocess, [ip[i].image for i in keep], device, cache_dir,
-                                      f"{ci}-{split}-{image_source}", image_augment, augment or PhotoAugment(),
-                                      seed, progress)
+                        _add_variants(d, image_model, preprocess, kp, device, cache_dir, tag, image_augment,
+                                      augment or PhotoAugment(), seed, progress)
+                    if split == "train":
+                        for shape in shape_views:
+                            _add_variants(d, image_model, preprocess, kp, device, cache_dir, f"{tag}-{shape}", 1,
+                                          PhotoShape(shape), seed, progress)
                     data[split].append(d)
+                    for shape in shift_folds if split != "train" else ():
+                        fs, oks, sts = cache_image_features(image_model, preprocess, kp, device, cache_dir,
+                                                            f"{tag}-{shape}", progress=progress,
+                                                            augment=PhotoShape(shape), seed=seed)
+                        good = np.nonzero(oks)[0]
+                        if len(good):
+                            data[split].append(TaskData(
+                                "image", ci, [d.ids[i] for i in good], d.labels[good], fs[good],
+                                stats=None if sts is None else sts[good], view=shape))
     return data
 
 
 def _add_variants(d: TaskData, model: MultiTaskImageModel, preprocess: ImagePreprocess, paths: Sequence[Path | None],
-                  device: torch.device, cache_dir: Path, tag: str, k: int, augment: PhotoAugment, seed: int,
-                  progress: bool) -> None:
+                  device: torch.device, cache_dir: Path, tag: str, k: int, augment: PhotoAugment | PhotoShape,
+                  seed: int, progress: bool) -> None:
     """Cache and attach ``k`` augmented copies of ``d``'s photos. A photo whose augmented copy failed to
     decode (it decoded a moment ago; a file changed underneath) shows its original features in that copy."""
     for v in range(1, k + 1):
@@ -457,6 +480,10 @@ def train_command(
     image_top_blocks: int = 1,
     image_pixel_stats: int = 4,
     image_augment: int = 0,
+    image_shape_views: str = "letterbox",
+    shift_folds: str = "squash,letterbox",
+    split: str = "hash",
+    split_years: str = "2013,2016",
     text_encoder: str | None = None,
     text_train_layers: int = 1,
     text_max_len: int = 48,
@@ -552,9 +579,15 @@ def train_command(
     catalogs: list[dict[str, list[Product]]] = []
     extra_labels = [a for a in attributes or () if a not in KAGGLE_COLUMNS]  # e.g. --attribute year
     check_attribute_names(extra_labels)
+    val_from, test_from = (int(x) for x in split_years.split(","))
+    split_spec = SplitSpec(split, seed, (0.8, 0.1, 0.1), val_from, test_from)
+    shapes = [x.strip() for x in image_shape_views.split(",") if x.strip()]
+    folds = [x.strip() for x in shift_folds.split(",") if x.strip()]
+    for shape in (*shapes, *folds):
+        PhotoShape(shape)  # refuses an unknown shape before any work
     for ci, c in enumerate(catalog):
         prods = sample_products(read_catalog(c, extra_labels), max_products, seed, ci)
-        catalogs.append(split_products(prods, seed))
+        catalogs.append(split_spec.split(prods))
     present = {a for c in catalogs for s in c.values() for p in s for a, v in p.labels.items() if v is not None}
     wanted = [a for a in (attributes or DEFAULT_ATTRIBUTES) if a in present]
     train_rows = [p.labels for c in catalogs for p in c["train"]]
@@ -582,7 +615,8 @@ def train_command(
     augment = PhotoAugment()
     data = cached_datasets(catalogs, taxonomy, text_model, tokenizer, text_max_len, str(enc_dir), image_model,
                            preprocess, f"{image_backbone}-{image_top_blocks}", dev, cache_dir, progress,
-                           image_augment=image_augment, augment=augment, seed=seed)
+                           image_augment=image_augment, augment=augment, seed=seed, shape_views=shapes,
+                           shift_folds=folds)
     t_cache = time.monotonic() - t0
 
     # 4. training
@@ -612,7 +646,8 @@ def train_command(
     history: list[dict[str, Any]] = []
     start_epoch = 0
     ckpt = work / "checkpoint.safetensors"
-    run_key = _key(list(catalog), names, image_backbone, image_size, image_top_blocks, image_pixel_stats, str(enc_dir),
+    run_key = _key(list(catalog), split_spec.to_json(), shapes, folds,
+                   names, image_backbone, image_size, image_top_blocks, image_pixel_stats, str(enc_dir),
                    text_train_layers, wide_buckets, batch_size, seed, max_products, task_weights, dataset_weights,
                    lr, trunk_lr, wide_lr, select_by)
     if resume and ckpt.exists():
@@ -699,7 +734,7 @@ def train_command(
     unmentioned = unmentioned_text_probs(text_model, tokenizer, text_max_len, data["val"], taxonomy, wide, dev,
                                          mention_attrs, progress=progress)
     t_unmentioned = time.monotonic() - t_u
-    ensemble, thresholds, val_metrics, text_fusion = fit_ensemble(
+    ensemble, thresholds, val_metrics, text_fusion, drift = fit_ensemble(
         models, data["val"], taxonomy, dev, target_precision, wide=wide, unmentioned=unmentioned
     )
     version = save_bundle(
@@ -708,7 +743,9 @@ def train_command(
         text_max_len=text_max_len, ensemble=ensemble, thresholds=thresholds,
         metrics={"validation": val_metrics}, wide=wide, text_fusion=text_fusion,
         extra={
-            "split": {"method": "sha256(seed:id)", "seed": seed, "fractions": [0.8, 0.1, 0.1]},
+            "split": split_spec.to_json(),
+            "drift": drift,
+            "photo_shapes": {"trained": shapes, "shift_folds": folds},
             "mention_words": {a: sorted(u.words) for a, u in unmentioned.items()},
             "training": {
                 "catalogs": [str(c) for c in catalog], "epochs_run": len(history), "history": history,
@@ -798,7 +835,8 @@ def unmentioned_text_probs(text_model: MultiTaskTextModel, tokenizer: Any, max_l
 def fit_ensemble(models: Mapping[str, torch.nn.Module], val: Sequence[TaskData], taxonomy: Taxonomy,
                  device: torch.device, target_precision: float, wide: WideTextModel | None = None,
                  unmentioned: Mapping[str, Unmentioned] | None = None,
-                 ) -> tuple[Ensemble, dict[str, dict[str, float]], dict[str, Any], dict[str, PoolParams]]:
+                 ) -> tuple[Ensemble, dict[str, dict[str, float]], dict[str, Any], dict[str, PoolParams],
+                            dict[str, dict[str, Any]]]:
     """Fit the text pool and the fusion per attribute and mode on validation data, choose thresholds.
 
     Each pool is chosen by 5-fold cross-validation on the validation rows among "one source alone" and a few
@@ -810,11 +848,18 @@ def fit_ensemble(models: Mapping[str, torch.nn.Module], val: Sequence[TaskData],
     ``both`` modes fitted on the texts that name one of its values, and ``text-unmentioned`` /
     ``both-unmentioned`` modes fitted on every text as it reads without them.
 
-    Returns ``(ensemble, thresholds, metrics, text_fusion)``.
+    Image datasets with a ``view`` (the shifted folds: the same validation photos at 3:4, squashed or
+    letterboxed) add rows to the ``image`` and ``both`` fits, grouped by view (see ``select_pool``), so the
+    fusion, its choice among "text alone / image alone / pools" and the thresholds are fitted on data that
+    contains the photo-shape shift. ``drift`` is, per attribute, the image-text agreement band the serving
+    drift guard compares against (``models.drift.agreement_band``).
+
+    Returns ``(ensemble, thresholds, metrics, text_fusion, drift)``.
     """
     names = taxonomy.names
     tprobs: dict[tuple[int, str], tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]] = {}
-    iprobs: dict[tuple[int, str], dict[str, np.ndarray]] = {}
+    iprobs: dict[tuple[int, str], dict[str, np.ndarray]] = {}  # the photos as they are
+    shifted: dict[tuple[int, str], dict[str, dict[str, np.ndarray]]] = {}  # {key: {view: probs}}
     for d in val:
         if not len(d.ids):
             continue
@@ -824,6 +869,8 @@ def fit_ensemble(models: Mapping[str, torch.nn.Module], val: Sequence[TaskData],
             row = {a: pr[a][i] for a in pr}
             if d.kind == "text":
                 tprobs[(d.catalog, pid)] = (d.labels[i], row, {a: wp[a][i] for a in wp})
+            elif d.view:
+                shifted.setdefault((d.catalog, pid), {})[d.view] = row
             else:
                 iprobs[(d.catalog, pid)] = row
     labels = {k: v[0] for k, v in tprobs.items()}
@@ -831,6 +878,7 @@ def fit_ensemble(models: Mapping[str, torch.nn.Module], val: Sequence[TaskData],
     text_fusion: dict[str, PoolParams] = {}
     thresholds: dict[str, dict[str, float]] = {}
     metrics: dict[str, Any] = {}
+    drift: dict[str, dict[str, Any]] = {}
     for j, a in enumerate(names):
         ens.params[a] = {}
         thresholds[a] = {}
@@ -872,15 +920,26 @@ def fit_ensemble(models: Mapping[str, torch.nn.Module], val: Sequence[TaskData],
                 ens.params[a][mode] = FusionParams(bias=None, kind="default")
                 thresholds[a][mode] = 0.5
                 continue
-            y = np.array([labels[k][j] for k in keys])
             srcs = ["text", "image"] if mode.startswith("both") else [mode.removesuffix(UNMENTIONED)]
-            probs = [np.stack([text_of[k] if s == "text" else iprobs[k][a] for k in keys]) for s in srcs]
+            # rows: each product with its photo as it is, and again with each shifted version of the photo
+            # (the shifted folds), grouped by version for select_pool's never-below-the-best-source rule
+            rows: list[tuple[tuple[int, str], str]] = [(k, "") for k in keys]
+            if "image" in srcs:
+                rows += [(k, v) for k in keys for v in sorted(shifted.get(k, {})) if a in shifted[k][v]]
+            y = np.array([labels[k][j] for k, _ in rows])
+            probs = [np.stack([text_of[k] if s == "text" else (shifted[k][v] if v else iprobs[k])[a]
+                               for k, v in rows]) for s in srcs]
             # text alone without the words: the text mode's probabilities, only its own threshold (a class
             # bias learnt on stripped texts moved real titles' answers; the threshold keeps the precision)
             fixed = ens.params[a].get("text") if mode == "text" + UNMENTIONED else None
             ens.params[a][mode], thresholds[a][mode], metrics[a][mode] = fit_mode(
-                dict(zip(srcs, probs, strict=True)), y, target_precision, fixed=fixed)
-    return ens, thresholds, metrics, text_fusion
+                dict(zip(srcs, probs, strict=True)), y, target_precision, fixed=fixed,
+                groups=[v or "as-is" for _, v in rows], fold_keys=[k for k, _ in rows])
+        drift[a] = agreement_band(
+            [(served[k], iprobs[k][a]) for k in keys_b], thresholds[a].get("text", 0.5),
+            {v: [(served[k], shifted[k][v][a]) for k in keys_b if v in shifted.get(k, {}) and a in shifted[k][v]]
+             for v in sorted({v for k in keys_b for v in shifted.get(k, {})})})
+    return ens, thresholds, metrics, text_fusion, drift
 
 
 #: The demo bundle's configuration: small enough for ~2-3 minutes on 2 idle CPU cores, same code path as any
@@ -901,7 +960,7 @@ DEMO_CONFIG: dict[str, Any] = {
 
 
 #: Bump when the training code changes what a demo bundle holds (e.g. revision 2: colour ``-unmentioned``
-#: fusion modes), so cached demo bundles are retrained (``consumer.demo.ensure_demo_bundle``).
+#: fusion modes), so cached demo bundles are retrained (``consumer.devtools.demo.ensure_demo_bundle``).
 DEMO_REVISION = 2
 
 

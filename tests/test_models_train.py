@@ -38,7 +38,10 @@ def test_training_lowers_the_loss_and_resumes(trained: tuple[Path, Path, dict]) 
     assert manifest["training"]["image_augment"]["copies"] == 2
     cache = bundle.parent / "bundle.work" / "cache"
     features = [f for f in cache.iterdir() if re.fullmatch(r"image-[0-9a-f]{16}\.npy", f.name)]
-    assert len(features) == 4  # train, val and the 2 copies of train
+    # train, val, the 2 augmented copies of train, its letterboxed 3:4 copy (--image-shape-views) and the two
+    # shifted folds of val (--shift-folds squash,letterbox)
+    assert len(features) == 7
+    assert manifest["photo_shapes"] == {"trained": ["letterbox"], "shift_folds": ["squash", "letterbox"]}
     for kind in ("text", "image"):
         assert hist[-1]["train_loss"][kind] < hist[0]["train_loss"][kind]
         assert min(h[f"val_loss_{kind}"] for h in hist) < hist[0][f"val_loss_{kind}"]
