@@ -1,0 +1,3 @@
+from consumer.subscribe.commands import main
+
+main()
