@@ -51,12 +51,12 @@ def agreement_band(pairs: Sequence[tuple[np.ndarray, np.ndarray]], text_confiden
         return len(conf), (float(np.mean(conf)) if conf else 0.0)
 
     n, p = rate(pairs)
-    out: dict[str, Any] = {"text_confidence": float(text_confidence), "n": n, "agreement": round(p, 5)}
+    out: dict[str, Any] = {"text_confidence": float(text_confidence), "n": n, "agreement": p}
     if shifted:
         out["shifted"] = {}
         for view, ps in shifted.items():
             nv, pv = rate(ps)
-            out["shifted"][view] = {"n": nv, "agreement": round(pv, 5)}
+            out["shifted"][view] = {"n": nv, "agreement": pv}
     return out
 
 

@@ -1,0 +1,188 @@
+"""The drift guard (models/drift.py): the band a training run stores, and the guard on real forward passes.
+
+A small bundle is trained by the real ``enrich train`` code on a synthetic catalog; its products are then
+served through the bundle as the consumer serves them (``predict_texts`` / ``predict_images`` / ``combine``),
+once with their photos as they are and once with the photos' colours rotated (R, G, B) -> (G, B, R): the
+photo model then disagrees with the titles on colour, and the guard must switch colour to the text.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.bundle import Bundle
+from models.catalog.synthetic import generate_catalog
+from models.data import Product, read_catalog
+from models.drift import Band, DriftGuard, GuardChange, agreement_band
+from models.testing import tiny_bert_dir
+from models.train import load_image, train_command
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    tmp = tmp_path_factory.mktemp("drift")
+    styles = generate_catalog(tmp / "cat", n_products=360, seed=5, image_size=64)
+    enc = tiny_bert_dir(tmp / "bert")
+    train_command(catalog=[str(styles)], out=str(tmp / "bundle"), image_backbone="tiny", image_size=32,
+                  text_encoder=str(enc), text_train_layers=0, text_max_len=32, wide_buckets=1 << 10, batch_size=16,
+                  lr=3e-3, min_class_count=3, epochs=6, progress=False, threads=1, seed=2,
+                  image_shape_views="", shift_folds="letterbox")
+    b = Bundle.load(tmp / "bundle", device="cpu")
+    prods = [p for p in read_catalog(styles) if p.image is not None]
+    texts = [b.text_input(p.title, p.description, p.brand) for p in prods]
+    tp = b.predict_texts(texts)
+
+    def images(rotate: bool) -> list[dict[str, np.ndarray]]:
+        views = []
+        for p in prods:
+            im = load_image(p.image, b.image_decode_size)
+            assert im is not None
+            if rotate:
+                r, g, bl = im.split()
+                im = Image.merge("RGB", (g, bl, r))
+            views.append(b.image_views(im))
+        return b.predict_images(views)
+
+    return {"bundle": b, "products": prods, "texts": texts, "text": tp, "image": images(False),
+            "rotated": images(True)}
+
+
+def _guard(b: Bundle, **kw: int) -> DriftGuard:
+    return DriftGuard.from_manifest(b.manifest, **{"window": 60, "min_observations": 30, **kw})
+
+
+def test_training_stores_an_agreement_band_per_attribute(served: dict) -> None:
+    m = json.loads((served["bundle"].path / "manifest.json").read_text())
+    drift = m["drift"]
+    assert set(drift) == set(m["attributes"])
+    for a, d in drift.items():
+        assert 0.0 <= d["agreement"] <= 1.0 and d["n"] >= 0
+        assert d["text_confidence"] == pytest.approx(m["thresholds"][a]["text"])  # the text-only threshold
+        assert set(d["shifted"]) == {"letterbox"}  # the shift folds' agreement is recorded beside it
+    # the synthetic photos carry their colour: image and text mostly agree on it at training time
+    assert drift["color"]["agreement"] > 0.6 and drift["color"]["n"] >= 30
+    assert m["photo_shapes"] == {"trained": [], "shift_folds": ["letterbox"]}
+
+
+def test_guard_stays_quiet_on_traffic_like_validation(served: dict) -> None:
+    guard = _guard(served["bundle"])
+    assert "color" in guard.attributes
+    changes: list[GuardChange] = []
+    for t, i in zip(served["text"], served["image"], strict=True):
+        changes += guard.observe(t, i)
+    assert [c for c in changes if c.attribute == "color"] == []
+    assert "color" not in guard.text_only_attributes()
+    st = guard.state()["color"]
+    assert st["observed"] == 60 and st["agreement"] >= st["band_low"]
+
+
+def test_colour_rotated_photos_switch_colour_to_text_and_back(served: dict) -> None:
+    b: Bundle = served["bundle"]
+    guard = _guard(b)
+    changes: list[GuardChange] = []
+    for t, i in zip(served["text"], served["rotated"], strict=True):
+        changes += guard.observe(t, i)
+    tripped = [c for c in changes if c.text_only]
+    assert "color" in {c.attribute for c in tripped}
+    first = next(c for c in tripped if c.attribute == "color")
+    assert first.agreement < first.low < first.expected and first.window >= 30
+    assert first.to_json()["attribute"] == "color" and first.to_json()["text_only"] is True
+    assert "color" in guard.text_only_attributes()
+    # the fusion then answers colour from the text alone, with the (rotated) photo's answer as evidence
+    text_only = guard.text_only_attributes()
+    for tp, ip, txt in list(zip(served["text"], served["rotated"], served["texts"], strict=True))[:20]:
+        guarded = b.combine(tp, [ip], text=txt, text_only=text_only)
+        alone = b.combine(tp, [], text=txt)
+        assert guarded["color"].value == alone["color"].value
+        assert guarded["color"].confidence == pytest.approx(alone["color"].confidence)
+        assert guarded["color"].image is not None and guarded["color"].image == b.combine(tp, [ip])["color"].image
+        for a in set(b.attributes) - text_only:  # attributes the guard did not switch are fused as before
+            assert guarded[a].confidence == pytest.approx(b.combine(tp, [ip], text=txt)[a].confidence)
+    # photos as they are again: once a full window agrees, colour goes back to the normal fusion
+    back: list[GuardChange] = []
+    for _ in range(3):
+        for t, i in zip(served["text"], served["image"], strict=True):
+            back += guard.observe(t, i)
+    assert any(c.attribute == "color" and not c.text_only for c in back)
+    assert "color" not in guard.text_only_attributes()
+
+
+def test_rotated_colours_hurt_the_fusion_and_the_guard_restores_the_text(served: dict) -> None:
+    """Why the guard exists: on colour-rotated photos the fusion falls below the text alone; text-only
+    fusion of the switched attribute gives the text's accuracy back."""
+    b: Bundle = served["bundle"]
+    att = b.taxonomy.attributes["color"]
+    y = np.array([att.encode(p.labels.get("color")) for p in served["products"]])
+    rows = np.nonzero(y >= 0)[0]
+
+    def acc(image: list[dict[str, np.ndarray]], text_only: set[str]) -> float:
+        right = [b.combine(served["text"][r], [image[r]], text=served["texts"][r], text_only=text_only)["color"]
+                 .probs.argmax() == y[r] for r in rows]  # type: ignore[union-attr]
+        return float(np.mean(right))
+
+    text_acc = float(np.mean([served["text"][r]["color"].argmax() == y[r] for r in rows]))
+    fused_rotated = acc(served["rotated"], set())
+    guarded = acc(served["rotated"], {"color"})
+    assert guarded == pytest.approx(text_acc)
+    assert guarded >= fused_rotated
+
+
+# ---- pure logic ------------------------------------------------------------------------------------------
+def _p(k: int, n: int = 3, conf: float = 0.9) -> np.ndarray:
+    p = np.full(n, (1 - conf) / (n - 1))
+    p[k] = conf
+    return p
+
+
+def test_band_lower_edge_narrows_with_the_window_and_validation_size() -> None:
+    b = Band(agreement=0.8, n=400, text_confidence=0.5)
+    assert b.low(50) < b.low(200) < b.low(10_000) < 0.8
+    assert b.low(200) == pytest.approx(0.8 - 3 * np.sqrt(0.8 * 0.2 * (1 / 200 + 1 / 400)))
+    assert Band(1.0, 400, 0.5).low(200) < 1.0  # a perfect validation rate still leaves room
+
+
+def test_agreement_band_counts_only_confident_texts() -> None:
+    pairs = [(_p(0), _p(0)), (_p(0), _p(1)), (_p(1, conf=0.4), _p(2)), (_p(2), _p(2))]
+    d = agreement_band(pairs, text_confidence=0.5, shifted={"letterbox": [(_p(0), _p(1))]})
+    assert d["n"] == 3 and d["agreement"] == pytest.approx(2 / 3)
+    assert d["shifted"] == {"letterbox": {"n": 1, "agreement": 0.0}}
+
+
+def test_guard_needs_observations_ignores_missing_modalities_and_low_confidence() -> None:
+    g = DriftGuard({"color": Band(0.9, 500, 0.6)}, window=40, min_observations=20)
+    for _ in range(19):
+        assert g.observe({"color": _p(0)}, {"color": _p(1)}) == []  # disagrees, but too few to judge
+    assert g.observe(None, {"color": _p(1)}) == []
+    assert g.observe({"color": _p(0)}, None) == []
+    assert g.observe({"color": _p(0, conf=0.5)}, {"color": _p(1)}) == []  # text not confident: not counted
+    assert g.observe({"gender": _p(0)}, {"gender": _p(1)}) == []  # an attribute without a band
+    assert g.state()["color"]["observed"] == 19
+    (ch,) = g.observe({"color": _p(0)}, [{"color": _p(1)}, {"color": _p(1)}])  # several photos: averaged
+    assert ch == GuardChange("color", True, 0.0, Band(0.9, 500, 0.6).low(20), 0.9, 20)
+    assert g.text_only_attributes() == {"color"}
+    # recovery waits for a full window back above the midpoint of the band
+    changes = [c for _ in range(39) for c in g.observe({"color": _p(0)}, {"color": _p(0)})]
+    assert changes == [] or changes[-1].text_only is False
+    assert g.text_only_attributes() == ({"color"} if not changes else set())
+    changes = [c for _ in range(40) for c in g.observe({"color": _p(0)}, {"color": _p(0)})]
+    assert g.text_only_attributes() == set()
+
+
+def test_guard_from_a_manifest_without_drift_or_with_too_little_validation() -> None:
+    assert DriftGuard.from_manifest({}).attributes == []
+    g = DriftGuard.from_manifest({"drift": {"color": {"agreement": 0.8, "n": 10, "text_confidence": 0.5},
+                                            "season": {"agreement": 0.7, "n": 300, "text_confidence": 0.4}}})
+    assert g.attributes == ["season"]  # 10 validation products are too few to set a band
+    with pytest.raises(ValueError):
+        DriftGuard({}, window=0)
+
+
+def test_products_from_the_catalog_have_years(tmp_path: Path) -> None:
+    styles = generate_catalog(tmp_path / "c", n_products=5, seed=1, image_size=32)
+    prods: list[Product] = read_catalog(styles)
+    assert all(p.year is None or 1900 <= p.year <= 2100 for p in prods)
