@@ -25,9 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 from PIL import Image
 
-from consumer.fetch import ImageFetcher
-from consumer.image_decode import decode_image
-from consumer.settings import FetchSettings
+from consumer.ops.settings import FetchSettings
+from consumer.stages.decode import decode_image
+from consumer.stages.fetch import ImageFetcher
 
 FORMATS = ["JPEG", "PNG", "WEBP", "GIF"]
 

@@ -18,8 +18,8 @@ from collections.abc import Callable
 import torch
 from PIL import Image
 
-from consumer.cpus import available_cpus
-from consumer.demo import DEFAULT_CACHE
+from consumer.devtools.demo import DEFAULT_CACHE
+from consumer.ops.cpus import available_cpus
 from models.bundle import Bundle
 
 _TITLE = "Roadster Men Navy Blue Slim Fit Checked Casual Shirt - 100% cotton, machine wash, ships in 2 days"

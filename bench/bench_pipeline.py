@@ -14,7 +14,7 @@ import platform
 import resource
 import time
 
-from consumer.demo import DEFAULT_CACHE, run_demo
+from consumer.devtools.demo import DEFAULT_CACHE, run_demo
 
 
 def main() -> None:

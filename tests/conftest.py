@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from consumer.embedded_broker import EmbeddedBroker
-from consumer.image_server import ImageServer
+from consumer.devtools.embedded_broker import EmbeddedBroker
+from consumer.devtools.image_server import ImageServer
 from models.catalog.synthetic import generate_catalog
 
 #: Big enough for the end-to-end tests (they take up to 180 products) and every article/pattern to appear.

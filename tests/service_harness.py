@@ -140,3 +140,14 @@ def source_coordinates(messages: Iterable[Message]) -> list[tuple[int, int]]:
         headers = dict(msg.headers() or [])
         coords.append((int(headers["enrich.source.partition"]), int(headers["enrich.source.offset"])))
     return coords
+
+
+def skipped_coordinates(log_path: Path) -> list[tuple[int, int, str]]:
+    """(partition, offset, reason) of every input completed without an output (superseded, stale_update),
+    from the service's "event skipped" log lines: the documented outcome of those offsets."""
+    out = []
+    for line in log_path.read_text(errors="replace").splitlines():
+        if '"event skipped"' in line:
+            record = orjson.loads(line)
+            out.append((int(record["partition"]), int(record["offset"]), str(record["reason"])))
+    return out

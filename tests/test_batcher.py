@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.batcher import MicroBatcher
+from consumer.stages.batcher import MicroBatcher
 
 
 def _double(items: list[int]) -> list[int]:

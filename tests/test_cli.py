@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from consumer.cli import app
-from consumer.settings import Settings
+from consumer.ops.settings import Settings
 
 runner = CliRunner()
 COMMANDS = ["run", "demo", "broker", "produce", "train", "add-heads", "evaluate", "check-config", "sample-catalog"]

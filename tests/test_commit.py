@@ -1,4 +1,4 @@
-"""OffsetCommitter against a real broker: a commit refused because the member lost its place in the group is
+"""The checkpoint's commit against a real broker: a commit refused because the member lost its place in the group is
 told apart from a commit failure (the first is not fatal for the service, the second is)."""
 
 from __future__ import annotations
@@ -8,9 +8,8 @@ import uuid
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
-from consumer.commit import CommitFailed, OffsetCommitter
-from consumer.metrics import REGISTRY
-from consumer.offsets import OffsetTracker
+from consumer.ops.metrics import REGISTRY
+from consumer.stream.checkpoint import CommitFailed, commit_offsets
 
 
 def _not_member_count() -> float:
@@ -35,12 +34,11 @@ def test_a_commit_after_leaving_the_group_is_a_membership_loss(broker) -> None:
         while time.monotonic() < deadline and (msg is None or msg.error()):
             msg = consumer.poll(0.5)
         assert msg is not None and not msg.error()
-        committer = OffsetCommitter(consumer, producer, OffsetTracker(), transactional=False)
-        committer.commit_offsets({(topic, 0): 1})  # a member: accepted
+        commit_offsets(consumer, {(topic, 0): 1})  # a member: accepted
         before = _not_member_count()
         time.sleep(3)  # past max.poll.interval.ms without polling: librdkafka leaves the group
         try:
-            committer.commit_offsets({(topic, 0): 2})
+            commit_offsets(consumer, {(topic, 0): 2})
         except CommitFailed as exc:
             assert exc.membership_lost, exc
             assert "UNKNOWN_MEMBER_ID" in str(exc)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from consumer.cpus import available_cpus, cgroup_cpu_quota
-from consumer.settings import Settings
+from consumer.ops.cpus import available_cpus, cgroup_cpu_quota
+from consumer.ops.settings import Settings
 
 
 def test_cgroup_v2_quota(tmp_path: Path) -> None:

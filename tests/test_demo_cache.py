@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import models.train
-from consumer.demo import ensure_demo_bundle
+from consumer.devtools.demo import ensure_demo_bundle
 
 
 def test_demo_bundle_is_retrained_only_when_its_key_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

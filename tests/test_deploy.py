@@ -21,7 +21,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from consumer.settings import Settings
+from consumer.ops.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
@@ -134,7 +134,7 @@ def test_every_enrich_env_var_is_a_settings_field() -> None:
     names = set(CONFIG) | {n for n in _container_env_names() if n.startswith("ENRICH_")}
     assert all(n.startswith("ENRICH_") for n in CONFIG), "the ConfigMap is for ENRICH_* settings only"
     unknown = sorted(n for n in names if not _settings_field_exists(n))
-    assert unknown == [], f"not fields of consumer.settings.Settings: {unknown}"
+    assert unknown == [], f"not fields of consumer.ops.settings.Settings: {unknown}"
 
 
 def test_the_field_check_rejects_typos() -> None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from consumer.dlq import DeadLetterPolicy, DeadLetterRateExceeded
+from consumer.stream.dlq import DeadLetterPolicy, DeadLetterRateExceeded
 
 
 def test_isolated_dead_letters_are_fine() -> None:

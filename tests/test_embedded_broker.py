@@ -13,8 +13,8 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from consumer.embedded_broker import BrokerError, EmbeddedBroker, create_topics, resolve_tansu
-from consumer.produce import events_from_catalog, produce_jsonl, read_jsonl, write_jsonl
+from consumer.devtools.embedded_broker import BrokerError, EmbeddedBroker, create_topics, resolve_tansu
+from consumer.devtools.produce import events_from_catalog, produce_jsonl, read_jsonl, write_jsonl
 from models.catalog.kaggle import read_catalog
 
 pytestmark = pytest.mark.broker
@@ -65,7 +65,7 @@ def test_produce_consume_commit_round_trip(broker: EmbeddedBroker, sample_catalo
             if msg is not None and msg.error() is None:
                 received.append(msg)
         assert len(received) == 50
-        consumer.commit(asynchronous=False)
+        consumer.stream.checkpoint(asynchronous=False)
         committed = consumer.committed([TopicPartition(topic, p) for p in range(3)], timeout=10)
     finally:
         consumer.close()

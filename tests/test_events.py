@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consumer.events import (
+from consumer.stages.events import (
     MAX_DETAIL_CHARS,
     InvalidEvent,
     OutputSchemaError,
@@ -377,6 +377,6 @@ def test_image_statuses_match_the_fetcher() -> None:
     """The schema's status enum and the fetcher's FetchStatus are one contract written twice; keep them equal."""
     import typing
 
-    fetch = pytest.importorskip("consumer.fetch")
+    fetch = pytest.importorskip("consumer.stages.fetch")
     schema = validator("attributes-enriched.v1").schema
     assert set(typing.get_args(fetch.FetchStatus)) == set(schema["$defs"]["image"]["properties"]["status"]["enum"])

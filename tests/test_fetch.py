@@ -28,11 +28,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import consumer.fetch as fetch_module
-from consumer import metrics
-from consumer.fetch import FETCH_STATUSES, FetchResult, ImageFetcher
-from consumer.settings import FetchSettings
-from consumer.ssrf import GuardedResolver
+import consumer.stages.fetch as fetch_module
+from consumer.ops import metrics
+from consumer.ops.settings import FetchSettings
+from consumer.stages.fetch import FETCH_STATUSES, FetchResult, ImageFetcher
+from consumer.stages.ssrf import GuardedResolver
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from PIL import Image
 
-from consumer.image_decode import ImageRejected, decode_image, pixel_limit
+from consumer.stages.decode import ImageRejected, decode_image, pixel_limit
 
 FORMATS = ["JPEG", "PNG", "WEBP", "GIF"]
 
@@ -90,9 +90,13 @@ def test_draft_size_never_goes_below_the_request() -> None:
     assert decode(gradient_jpeg((300, 300)), draft_size=(224, 224)).size == (300, 300)
 
 
-def test_draft_is_ignored_for_png() -> None:
-    data = encode(Image.new("RGB", (600, 600)), "PNG")
-    assert decode(data, draft_size=(100, 100)).size == (600, 600)
+def test_png_is_reduced_to_cover_the_decode_size_at_once() -> None:
+    # no full-size picture leaves the decode: PNG has no draft mode, so it is box-reduced right after loading
+    data = encode(Image.new("RGB", (650, 600)), "PNG")
+    assert decode(data, draft_size=(100, 100)).size == (109, 100)  # reduce() rounds up
+    # never below the requested size, never enlarged
+    assert decode(encode(Image.new("RGB", (190, 400)), "PNG"), draft_size=(100, 100)).size == (190, 400)
+    assert decode(encode(Image.new("RGBA", (40, 30)), "PNG"), draft_size=(100, 100)).size == (40, 30)
 
 
 def test_format_outside_allow_list_is_unsupported() -> None:

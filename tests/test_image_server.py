@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from consumer.image_server import ImageServer
+from consumer.devtools.image_server import ImageServer
 
 
 @pytest.fixture

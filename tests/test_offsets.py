@@ -1,4 +1,4 @@
-"""Property tests of the offset tracker: never commit past an incomplete offset, and reach the end."""
+"""Property tests of a partition's offsets: never commit past an incomplete offset, and reach the end."""
 
 from __future__ import annotations
 
@@ -6,38 +6,32 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.offsets import OffsetTracker
-
-TP = ("products", 0)
+from consumer.stream.offsets import PartitionOffsets
 
 
 def test_slow_early_offset_holds_back_commit() -> None:
-    tracker = OffsetTracker()
+    offsets = PartitionOffsets()
     for offset in range(5):
-        tracker.track(TP, offset)
+        offsets.track(offset)
     for offset in (1, 2, 3, 4):
-        tracker.complete(TP, offset)
-    assert tracker.committable() == {TP: 0}
-    tracker.complete(TP, 0)
-    assert tracker.committable() == {TP: 5}
-    tracker.mark_committed({TP: 5})
-    assert tracker.committable() == {}
+        offsets.complete(offset)
+    assert offsets.committable() == 0
+    offsets.complete(0)
+    assert offsets.committable() == 5
+    offsets.mark_committed(5)
+    assert offsets.committable() is None
 
 
 def test_offsets_must_increase() -> None:
-    tracker = OffsetTracker()
-    tracker.track(TP, 3)
+    offsets = PartitionOffsets()
+    offsets.track(3)
     with pytest.raises(ValueError):
-        tracker.track(TP, 3)
+        offsets.track(3)
 
 
-def test_forgotten_partition_ignores_late_completion() -> None:
-    tracker = OffsetTracker()
-    tracker.track(TP, 0)
-    tracker.forget(TP)
-    tracker.complete(TP, 0)
-    assert tracker.committable() == {}
-    assert tracker.in_flight() == 0
+def test_nothing_to_commit_before_the_first_message() -> None:
+    offsets = PartitionOffsets()
+    assert offsets.committable() is None and offsets.in_flight == 0
 
 
 @settings(max_examples=300, deadline=None)
@@ -50,21 +44,21 @@ def test_commit_never_passes_an_incomplete_offset(gaps: list[int], data: st.Data
     for gap in gaps:
         offsets.append(current)
         current += gap
-    tracker = OffsetTracker()
+    tracker = PartitionOffsets()
     for offset in offsets:
-        tracker.track(TP, offset)
+        tracker.track(offset)
     order = data.draw(st.permutations(offsets))
     completed: set[int] = set()
     last_commit = None
     for offset in order:
-        tracker.complete(TP, offset)
+        tracker.complete(offset)
         completed.add(offset)
-        point = tracker.committable().get(TP)
+        point = tracker.committable()
         if point is not None:
             # Everything below the commit point is complete; the first incomplete offset is not passed.
             assert all(o in completed for o in offsets if o < point)
             assert last_commit is None or point > last_commit
-            tracker.mark_committed({TP: point})
+            tracker.mark_committed(point)
             last_commit = point
-    assert tracker.in_flight() == 0
+    assert tracker.in_flight == 0
     assert last_commit == offsets[-1] + 1

@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from consumer.produce import event_id_for, events_from_catalog, read_jsonl, write_jsonl
+from consumer.devtools.produce import event_id_for, events_from_catalog, read_jsonl, write_jsonl
 from models.catalog.kaggle import read_catalog
 from schemas import validator
 

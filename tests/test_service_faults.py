@@ -14,9 +14,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from consumer.embedded_broker import create_topics
-from consumer.image_server import ImageServer
-from consumer.produce import events_from_catalog, produce_jsonl
+from consumer.devtools.embedded_broker import create_topics
+from consumer.devtools.image_server import ImageServer
+from consumer.devtools.produce import events_from_catalog, produce_jsonl
 from models.catalog.kaggle import read_catalog
 from tests.service_harness import (
     committed,

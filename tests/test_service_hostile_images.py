@@ -22,9 +22,9 @@ import orjson
 import pytest
 from aiohttp import web
 
-from consumer.embedded_broker import create_topics
-from consumer.image_server import Handler, ImageServer
-from consumer.produce import events_from_catalog, produce_jsonl
+from consumer.devtools.embedded_broker import create_topics
+from consumer.devtools.image_server import Handler, ImageServer
+from consumer.devtools.produce import events_from_catalog, produce_jsonl
 from models.catalog.kaggle import read_catalog
 from schemas import validator
 from tests.service_harness import committed, end_offsets, enrich_env, read_all, start_enrich, tail, wait_exit

@@ -14,7 +14,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.ssrf import (
+from consumer.stages.ssrf import (
     CGNAT_V4,
     BlockedAddressError,
     GuardedResolver,

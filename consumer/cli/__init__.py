@@ -66,7 +66,7 @@ def _parse_kafka(pairs: list[str] | None) -> dict[str, str] | None:
 
 def _settings(**overrides: Any) -> Any:
     """Settings from ENRICH_* variables with the given flags on top; a clear message on invalid input."""
-    from consumer.settings import Settings
+    from consumer.ops.settings import Settings
 
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
@@ -149,7 +149,7 @@ def run(
     )
     if allow_loopback_images:
         settings.fetch.allow_loopback = True
-    from consumer.logs import configure_logging, get_logger
+    from consumer.ops.logs import configure_logging, get_logger
     from consumer.service import EnrichService
 
     configure_logging(settings.log_level, settings.log_format)
@@ -205,8 +205,8 @@ def broker(
     partitions: Annotated[int, typer.Option(help="Partitions per created topic.")] = 3,
 ) -> None:
     """Run an embedded in-memory Kafka broker (tansu) on 127.0.0.1 for local work, until Ctrl-C."""
-    from consumer.embedded_broker import EmbeddedBroker, create_topics
-    from consumer.settings import Settings
+    from consumer.devtools.embedded_broker import EmbeddedBroker, create_topics
+    from consumer.ops.settings import Settings
 
     defaults = Settings()
     names = topics or [defaults.input_topic, defaults.output_topic, defaults.dead_letter_topic]
@@ -233,7 +233,7 @@ def produce(
 
     Lines that are not valid JSON are sent as they are, so the consumer's dead-letter path can be exercised.
     """
-    from consumer.produce import produce_jsonl
+    from consumer.devtools.produce import produce_jsonl
 
     settings = _settings(bootstrap_servers=bootstrap_servers, input_topic=topic, kafka=_parse_kafka(kafka))
     sent = produce_jsonl(settings.bootstrap_servers, settings.input_topic, path, extra_conf=settings.kafka_common())
@@ -264,7 +264,7 @@ def demo(
     `enrich train` the first time and cached), a few hundred product events with some broken image URLs,
     invalid events and deletes mixed in, the real consumer service, then agreement with the catalog labels.
     """
-    from consumer.demo import run_demo
+    from consumer.devtools.demo import run_demo
 
     if catalog is not None and bundle is None:
         raise typer.BadParameter("a custom --catalog needs a --bundle trained on its attributes", param_hint="--bundle")
@@ -496,7 +496,7 @@ def sample_catalog(
     styles = generate_catalog(out, n_products=products, seed=seed)
     typer.echo(f"wrote {styles}")
     if events is not None:
-        from consumer.produce import events_from_catalog, write_jsonl
+        from consumer.devtools.produce import events_from_catalog, write_jsonl
         from models.catalog.kaggle import read_catalog
 
         count = write_jsonl(events, events_from_catalog(read_catalog(styles), image_base_url.rstrip("/")))

@@ -23,10 +23,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from consumer.embedded_broker import EmbeddedBroker, create_topics
-from consumer.image_server import ImageServer
-from consumer.produce import events_from_catalog, produce_jsonl
-from consumer.settings import FetchSettings, Settings
+from consumer.devtools.embedded_broker import EmbeddedBroker, create_topics
+from consumer.devtools.image_server import ImageServer
+from consumer.devtools.produce import events_from_catalog, produce_jsonl
+from consumer.ops.settings import FetchSettings, Settings
 
 console = Console()
 
@@ -132,12 +132,12 @@ async def _run_service(settings: Settings, total: int) -> tuple[Any, float]:
         bar = progress.add_task("events", total=total, detail="loading model")
         while not task.done():
             c = service.counts
-            done = c["enriched"] + c["tombstones"] + c["dead_lettered"]
+            done = c["enriched"] + c["tombstones"] + c["dead_lettered"] + c["skipped"]
             detail = f"out {c['enriched']}  tombstones {c['tombstones']}  dead-lettered {c['dead_lettered']}"
             progress.update(bar, completed=done, detail=detail if service.health.model_loaded else "loading model")
             await asyncio.sleep(0.2)
         c = service.counts
-        progress.update(bar, completed=c["enriched"] + c["tombstones"] + c["dead_lettered"])
+        progress.update(bar, completed=c["enriched"] + c["tombstones"] + c["dead_lettered"] + c["skipped"])
     exit_code = await task
     if exit_code != 0:
         raise RuntimeError(f"the consumer service exited with {exit_code}")
@@ -204,7 +204,7 @@ def run_demo(
     show: int = 3,
 ) -> dict[str, Any]:
     """Run the demo; returns the summary (also printed)."""
-    from consumer.logs import configure_logging
+    from consumer.ops.logs import configure_logging
 
     configure_logging("ERROR", "console")  # expected dead letters are in the summary, not in the log
     wall_start = time.perf_counter()
@@ -250,13 +250,16 @@ def run_demo(
         )
         settings.stop_after = total
         service, elapsed = asyncio.run(_run_service(settings, total))
-        outputs = read_topic(broker.bootstrap_servers, settings.output_topic, plan.valid + plan.deletes)
+        # a delete that arrives while its product's upsert is still in flight supersedes it (no output)
+        expected_outputs = plan.valid + plan.deletes - service.counts["skipped"]
+        outputs = read_topic(broker.bootstrap_servers, settings.output_topic, expected_outputs)
         dead = read_topic(broker.bootstrap_servers, settings.dead_letter_topic, plan.invalid)
     enriched = [orjson.loads(m.value()) for m in outputs if m.value() is not None]
     summary = {
         "events_in": service.counts["in"],
         "enriched": len(enriched),
         "tombstones": sum(m.value() is None for m in outputs),
+        "superseded_or_stale": service.counts["skipped"],
         "dead_lettered": len(dead),
         "dead_letter_reasons": dict(Counter(orjson.loads(m.value())["reason"] for m in dead)),
         "images_ok": service.counts["images_ok"],
@@ -267,13 +270,12 @@ def run_demo(
         "agreement": agreement(enriched, plan.labels),
         "model": enriched[0]["model"] if enriched else None,
         "batch_sizes": {
-            name: _mean(b.batch_sizes)
-            for name, b in (("image", service._image_batcher), ("text", service._text_batcher))
-            if b is not None
+            name: _mean(sizes)
+            for name, sizes in (service.enricher.batch_sizes if service.enricher else {}).items()
         },
     }
     _print_summary(summary, _examples(enriched, show))
-    missing = plan.valid + plan.deletes - len(outputs)
+    missing = expected_outputs - len(outputs)
     if missing or len(dead) != plan.invalid:
         raise RuntimeError(f"demo incomplete: {missing} outputs missing, {len(dead)}/{plan.invalid} dead letters")
     return summary

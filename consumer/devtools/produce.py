@@ -54,7 +54,7 @@ def events_from_catalog(
 ) -> list[dict[str, Any]]:
     """One ``op: upsert`` product event per catalog product (``product-event.v1``).
 
-    Image URLs point at ``base_url + "/images/<file name>"`` (an :class:`~consumer.image_server.ImageServer`
+    Image URLs point at ``base_url + "/images/<file name>"`` (an :class:`~consumer.devtools.image_server.ImageServer`
     over the catalog's ``images/`` folder); a product without a photo gets ``image_urls: []``. Labels are not
     copied into ``vendor_attributes``: the events carry what a vendor feed carries, the labels stay the
     answer key. ``updated_at`` defaults to now (UTC); pass a fixed value for reproducible event ids.

@@ -1,7 +1,10 @@
 """HTTP endpoints for Kubernetes and Prometheus: ``/livez``, ``/readyz`` and ``/metrics``.
 
-Liveness is the main loop's heartbeat, never the broker: a broker outage must not make Kubernetes restart
-every pod. Readiness means the model is loaded and this member has partitions to work on.
+Liveness is real progress, never the broker: the poll loop beats on every turn (it keeps turning while the
+broker is away or every partition is paused, so a broker outage does not restart every pod), and the
+inference thread must not sit on one micro-batch for longer than the timeout. A timer of its own would
+stay green while the loop or the model hung, which is how a frozen pod used to look healthy. Readiness
+means the model is loaded and this member has partitions to work on.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from consumer import metrics
+from consumer.ops import metrics
 
 
 @dataclass
@@ -21,6 +24,8 @@ class HealthState:
 
     liveness_timeout_s: float = 30.0
     heartbeat: float = field(default_factory=time.monotonic)
+    #: monotonic time the inference thread started its current batch; None while it waits for work
+    inference_busy_since: float | None = None
     model_loaded: bool = False
     assigned_partitions: int = 0
     stopping: bool = False
@@ -29,11 +34,19 @@ class HealthState:
         self.heartbeat = time.monotonic()
         metrics.LAST_HEARTBEAT.set(time.time())
 
+    def inference(self, busy: bool) -> None:
+        """Called by the inference thread around each micro-batch."""
+        self.inference_busy_since = time.monotonic() if busy else None
+
     def live(self) -> tuple[bool, str]:
-        age = time.monotonic() - self.heartbeat
+        now = time.monotonic()
+        age = now - self.heartbeat
         if age > self.liveness_timeout_s:
-            return False, f"main loop heartbeat is {age:.1f}s old (limit {self.liveness_timeout_s}s)"
-        return True, f"heartbeat {age:.2f}s ago"
+            return False, f"poll loop last turned {age:.1f}s ago (limit {self.liveness_timeout_s}s)"
+        busy_since = self.inference_busy_since
+        if busy_since is not None and now - busy_since > self.liveness_timeout_s:
+            return False, f"inference thread stuck on one batch for {now - busy_since:.1f}s"
+        return True, f"poll loop turned {age:.2f}s ago"
 
     def ready(self) -> tuple[bool, str]:
         if self.stopping:

@@ -60,11 +60,32 @@ COMMITS = Counter("enrich_commits_total", "Offset commits by outcome.", ["outcom
 REBALANCES = Counter("enrich_rebalances_total", "Rebalance callbacks.", ["kind"], registry=REGISTRY)
 CONSUMER_LAG = Gauge(
     "enrich_consumer_lag_messages",
-    "Consumer lag per partition from librdkafka statistics.",
+    "High watermark minus this member's committed offset, per owned partition (both delivery modes).",
     ["topic", "partition"],
     registry=REGISTRY,
 )
 MODEL_INFO = Info("enrich_model", "The loaded model bundle.", registry=REGISTRY)
 LAST_HEARTBEAT = Gauge(
-    "enrich_main_loop_heartbeat_timestamp_seconds", "Unix time of the main loop's last turn.", registry=REGISTRY
+    "enrich_main_loop_heartbeat_timestamp_seconds", "Unix time of the poll loop's last turn.", registry=REGISTRY
+)
+IMAGE_MEMORY_BYTES = Gauge(
+    "enrich_image_memory_bytes",
+    "Bytes of image bodies awaiting decode and model views awaiting inference (bounded by image_memory_bytes).",
+    registry=REGISTRY,
+)
+IMAGE_MEMORY_WAITS = Counter(
+    "enrich_image_memory_waits_total", "Downloads that waited for room in the image memory budget.", registry=REGISTRY
+)
+EVENTS_SKIPPED = Counter(
+    "enrich_events_skipped_total",
+    "Inputs completed without an output: superseded (a newer version of the product was in flight) or "
+    "stale_update (older updated_at than one already seen).",
+    ["reason"],
+    registry=REGISTRY,
+)
+OLDEST_IN_FLIGHT_SECONDS = Gauge(
+    "enrich_oldest_in_flight_seconds",
+    "Age of the oldest event polled and not yet completed, per partition (0 when none). Alert when it grows.",
+    ["topic", "partition"],
+    registry=REGISTRY,
 )

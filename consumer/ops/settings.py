@@ -82,7 +82,25 @@ class Settings(BaseSettings):
     )
 
     exactly_once: bool = Field(False, description="Transactional producer with offsets in the transaction.")
-    transactional_id: str | None = None
+    transactional_id: str | None = Field(
+        None,
+        description="Exactly-once only: this member's transactional.id; must be unique per member "
+        "[<group_id>-<POD_NAME or hostname>].",
+    )
+    stale_updates: Literal["skip", "process"] = Field(
+        "skip",
+        description="An input whose updated_at is older than one already seen for its product: skip it "
+        "(outcome stale_update, not emitted) or process it anyway.",
+    )
+    product_memory: int = Field(
+        100_000, ge=1, description="Products per partition whose newest updated_at is remembered (stale check)."
+    )
+    image_memory_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Budget for image bodies awaiting decode and model views awaiting inference; "
+        "downloads wait for room.",
+    )
     max_in_flight: int = Field(512, ge=1, description="Messages polled but not yet committed-ready; above it we pause.")
     resume_fraction: float = Field(0.5, gt=0, lt=1, description="Resume partitions below this share of max_in_flight.")
     commit_interval_s: float = Field(1.0, gt=0)
@@ -140,6 +158,25 @@ class Settings(BaseSettings):
             conf["ssl.ca.location"] = self.ssl_ca_location
         conf.update(self.kafka)
         return conf
+
+    def member_transactional_id(self) -> str:
+        """The transactional.id of this member: configured, or ``<group>-<POD_NAME or hostname>``.
+
+        Every member needs its own: two producers with one id fence each other in a loop. Zombie fencing
+        across restarts does not rest on the id (a pod's name changes on restart) but on the consumer
+        group generation sent with the offsets (KIP-447), which librdkafka does for us.
+        """
+        if self.transactional_id:
+            return self.transactional_id
+        import os
+        import socket
+
+        member = os.environ.get("POD_NAME") or socket.gethostname()
+        return f"{self.group_id}-{member}"
+
+    def max_message_bytes(self) -> int:
+        """The producer's ``message.max.bytes`` (librdkafka default 1,000,000): no output may be larger."""
+        return int(self.kafka.get("message.max.bytes", 1_000_000))
 
     def redacted(self) -> dict[str, Any]:
         """The settings as a plain dict with every secret masked, for start-up logs and `check-config`."""

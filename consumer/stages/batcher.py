@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Generic, TypeVar
 
-from consumer import metrics
+from consumer.ops import metrics
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -38,6 +38,7 @@ class MicroBatcher(Generic[T, R]):
         max_size: int,
         max_wait_s: float,
         executor: Executor | None = None,
+        on_busy: Callable[[bool], None] | None = None,
     ) -> None:
         if max_size < 1:
             raise ValueError("max_size must be >= 1")
@@ -46,6 +47,7 @@ class MicroBatcher(Generic[T, R]):
         self._max_size = max_size
         self._max_wait_s = max_wait_s
         self._executor = executor
+        self._on_busy = on_busy
         self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.batch_sizes: list[int] = []  # kept for tests and the demo summary; bounded below
@@ -74,6 +76,16 @@ class MicroBatcher(Generic[T, R]):
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         await self._queue.put((item, future))
         return await future
+
+    def _call(self, items: list[T]) -> Sequence[R]:
+        """Runs in the executor: the model call, reported to ``on_busy`` (the liveness probe)."""
+        if self._on_busy is None:
+            return self._fn(items)
+        self._on_busy(True)
+        try:
+            return self._fn(items)
+        finally:
+            self._on_busy(False)
 
     async def _collect(self) -> list[tuple[T, asyncio.Future[R]]]:
         loop = asyncio.get_running_loop()
@@ -107,7 +119,7 @@ class MicroBatcher(Generic[T, R]):
                 self.batch_sizes.append(len(items))
             started = time.perf_counter()
             try:
-                results = await loop.run_in_executor(self._executor, self._fn, items)
+                results = await loop.run_in_executor(self._executor, self._call, items)
                 if len(results) != len(items):
                     raise RuntimeError(f"{self.name}: batch of {len(items)} gave {len(results)} results")
             except Exception as exc:  # every waiter learns why; the batcher itself keeps running

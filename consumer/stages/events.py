@@ -35,6 +35,7 @@ __all__ = [
     "ENRICHED_SCHEMA",
     "INVALID_EVENT_REASONS",
     "MAX_DETAIL_CHARS",
+    "MAX_KEY_BYTES",
     "MAX_ORIGINAL_BYTES",
     "PRODUCT_SCHEMA",
     "InvalidEvent",
@@ -43,9 +44,14 @@ __all__ = [
     "SourceCoordinates",
     "build_dead_letter",
     "build_enriched_event",
+    "clip_key",
     "enriched_event_id",
     "format_timestamp",
+    "original_budget",
     "parse_product_event",
+    "source_headers",
+    "tombstone_event_id",
+    "tombstone_headers",
 ]
 
 PRODUCT_SCHEMA: Final = "product-event.v1"
@@ -63,6 +69,12 @@ MAX_DETAIL_CHARS: Final = 4096
 #: default ``message.max.bytes`` is 1,000,000: a 1 MB input copied whole would make the dead letter itself
 #: undeliverable, which the service treats as fatal. 512 KiB leaves room for the envelope.
 MAX_ORIGINAL_BYTES: Final = 512 * 1024
+#: Longest original key copied into a dead letter and used as its Kafka key. A vendor bug once sent a
+#: 430 KB key; repeated in the body (base64) and as the key, it made the dead letter undeliverable.
+MAX_KEY_BYTES: Final = 1024
+#: Room kept for the dead letter's envelope (detail, coordinates, headers, record overhead) when the
+#: original is clipped to fit the producer's ``message.max.bytes``.
+DEAD_LETTER_ENVELOPE_BYTES: Final = 64 * 1024
 
 
 class InvalidEvent(Exception):
@@ -268,6 +280,7 @@ def build_dead_letter(
     detail: str,
     failed_at: datetime | None = None,
     max_original_bytes: int = MAX_ORIGINAL_BYTES,
+    max_key_bytes: int = MAX_KEY_BYTES,
 ) -> tuple[bytes, list[tuple[str, bytes]]]:
     """The dead-letter.v1 value and its Kafka headers for one input message.
 
@@ -275,19 +288,23 @@ def build_dead_letter(
     are over ``max_original_bytes``: then only that prefix is kept and ``original_truncated`` is set, so
     that the dead letter itself stays deliverable. Headers repeat the reason and source coordinates, for
     tools that route or count dead letters without parsing bodies. The produce key should be the original
-    message key (``source.key``).
+    message key clipped the same way (:func:`clip_key`): the key, too, is copied only up to
+    ``max_key_bytes`` (``source.key_truncated`` says so), so no key can make a dead letter undeliverable.
     """
     if reason not in DEAD_LETTER_REASONS:
         raise ValueError(f"unknown dead-letter reason {reason!r}")
     original = None if raw is None else bytes(raw)
     truncated = original is not None and len(original) > max_original_bytes
+    key = clip_key(source.key, max_key_bytes)
     payload = {
         "schema": "enrich.dead-letter.v1",
         "reason": reason,
         "detail": _clip(detail),
         "source": {
             **source.to_json(),
-            "key_b64": None if source.key is None else _b64(source.key),
+            "key_b64": None if key is None else _b64(key),
+            "key_size": None if source.key is None else len(source.key),
+            "key_truncated": key is not None and source.key is not None and len(key) < len(source.key),
         },
         "original_b64": None if original is None else _b64(original[:max_original_bytes]),
         "original_size": None if original is None else len(original),
@@ -296,10 +313,48 @@ def build_dead_letter(
     }
     # Not validated at run time (tests cover every path): this is the path of last resort, and raising
     # here would leave the offset incomplete and stall the partition.
-    headers = [
-        ("enrich.reason", reason.encode()),
+    headers = [("enrich.reason", reason.encode()), *source_headers(source)]
+    return orjson.dumps(payload), headers
+
+
+def clip_key(key: bytes | None, max_key_bytes: int = MAX_KEY_BYTES) -> bytes | None:
+    """The original key, cut to ``max_key_bytes``: the dead letter's Kafka key and its ``key_b64``."""
+    return None if key is None else bytes(key[:max_key_bytes])
+
+
+def original_budget(max_message_bytes: int) -> int:
+    """How many original bytes a dead letter may copy so that it fits ``max_message_bytes``.
+
+    Base64 grows data by 4/3 and the envelope needs :data:`DEAD_LETTER_ENVELOPE_BYTES`; never more than
+    :data:`MAX_ORIGINAL_BYTES`, never less than nothing.
+    """
+    room = (max_message_bytes - DEAD_LETTER_ENVELOPE_BYTES - 2 * MAX_KEY_BYTES) * 3 // 4
+    return max(0, min(MAX_ORIGINAL_BYTES, room))
+
+
+def source_headers(source: SourceCoordinates) -> list[tuple[str, bytes]]:
+    """Source coordinates as headers, on every output (tombstones included: they have no body)."""
+    return [
         ("enrich.source.topic", source.topic.encode()),
         ("enrich.source.partition", str(source.partition).encode()),
         ("enrich.source.offset", str(source.offset).encode()),
     ]
-    return orjson.dumps(payload), headers
+
+
+def tombstone_event_id(source: SourceCoordinates) -> str:
+    """A tombstone's deterministic id: :func:`enriched_event_id` with the model version ``"delete"``.
+
+    A delete does not depend on the model, so a replay with a new bundle gives its tombstones the same id.
+    """
+    return enriched_event_id(source, "delete")
+
+
+def tombstone_headers(product: ProductEvent, source: SourceCoordinates) -> list[tuple[str, bytes]]:
+    """Headers of a tombstone: where it came from and when the product was deleted, so that a reader can
+    order a delete against upserts of the same product (newer ``updated_at``, then higher offset, wins)."""
+    return [
+        *source_headers(source),
+        ("enrich.updated_at", product.updated_at.encode()),
+        ("enrich.event_id", tombstone_event_id(source).encode()),
+        ("enrich.source_event_id", product.event_id.encode()),
+    ]

@@ -5,7 +5,7 @@ vendor must not stall a partition. So a fetch:
 
 * validates the URL (http/https, a host, no credentials, no numeric-IPv4 tricks) and refuses IP-literal
   hosts the SSRF guard forbids, *before* anything is sent; DNS names are checked by
-  :class:`~consumer.ssrf.GuardedResolver` at connect time, on every answer;
+  :class:`~consumer.stages.ssrf.GuardedResolver` at connect time, on every answer;
 * follows redirects itself (``allow_redirects=False``), re-validating every hop the same way, so a public
   URL cannot bounce us to ``169.254.169.254``;
 * runs under one deadline (``total_timeout_s``) covering every hop, retry and backoff, with a separate
@@ -13,8 +13,11 @@ vendor must not stall a partition. So a fetch:
   never sooner than a ``Retry-After`` the server sent (and not at all when that is past the deadline);
 * checks the status, the Content-Type allow-list and Content-Length, then streams the body counting bytes,
   because Content-Length is optional and can lie (chunked bodies have none);
-* decodes in the executor with :func:`~consumer.image_decode.decode_image` (format allow-list, pixel limit,
-  JPEG draft mode).
+* decodes in the executor with :func:`~consumer.stages.decode.decode_image` (format allow-list, pixel limit,
+  every format reduced to the model's decode size at once) and, when given ``to_views``, turns the picture
+  into the model's views in the same call, so neither the body nor the picture outlives the decode;
+* holds the body, then the views, inside a :class:`~consumer.stages.budget.MemoryBudget` when given one:
+  the views' bytes stay reserved until the caller releases ``FetchResult.reservation`` (after inference).
 
 :meth:`ImageFetcher.fetch` never raises (other than ``CancelledError``): each outcome is a
 :class:`FetchResult` whose ``status`` goes into the enriched event, so a product whose images all fail is
@@ -30,7 +33,7 @@ import functools
 import random
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any, Literal, get_args
@@ -40,10 +43,11 @@ import structlog
 from PIL import Image
 from yarl import URL
 
-from consumer import metrics
-from consumer.image_decode import ImageRejected, decode_image
-from consumer.settings import FetchSettings
-from consumer.ssrf import BlockedAddressError, GuardedResolver, literal_refusal, parse_ip
+from consumer.ops import metrics
+from consumer.ops.settings import FetchSettings
+from consumer.stages.budget import MemoryBudget, Reservation
+from consumer.stages.decode import ImageRejected, decode_image
+from consumer.stages.ssrf import BlockedAddressError, GuardedResolver, literal_refusal, parse_ip
 
 log = structlog.get_logger(__name__)
 
@@ -90,6 +94,10 @@ class FetchResult:
     nbytes: int | None
     elapsed_ms: float
     image: Image.Image | None = field(default=None, repr=False, compare=False)
+    #: the model's views of the image (``to_views`` given); ``image`` is then None
+    views: Any = field(default=None, repr=False, compare=False)
+    #: budget bytes still held for ``views``; release once they are no longer needed
+    reservation: Reservation | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON-able summary (no pixels) that the output event carries."""
@@ -159,8 +167,10 @@ class ImageFetcher:
 
     Use as an async context manager; the session (and its per-host connection pool) lives as long as
     the ``async with`` block, so connections to a CDN are reused across products. ``draft_size`` is the
-    model's decode size for JPEG draft mode; ``executor`` runs the CPU-bound decode (the loop's default
-    executor when ``None``).
+    model's decode size (JPEG draft mode, and the size every format is reduced to); ``executor`` runs the
+    CPU-bound decode (the loop's default executor when ``None``); ``to_views`` (the model's preprocessing)
+    runs right after the decode in the same executor call; ``budget`` and ``view_bytes`` (the size of one
+    image's views) bound image memory in flight.
     """
 
     def __init__(
@@ -169,10 +179,16 @@ class ImageFetcher:
         *,
         draft_size: tuple[int, int] | None = None,
         executor: concurrent.futures.Executor | None = None,
+        to_views: Callable[[Image.Image], Any] | None = None,
+        budget: MemoryBudget | None = None,
+        view_bytes: int = 0,
     ) -> None:
         self._settings = settings
         self._draft_size = draft_size
         self._executor = executor
+        self._to_views = to_views
+        self._budget = budget
+        self._view_bytes = view_bytes
         self._session: aiohttp.ClientSession | None = None
         self._resolver: GuardedResolver | None = None
         self._allowed_types = frozenset(t.strip().lower() for t in settings.allowed_content_types)
@@ -214,7 +230,16 @@ class ImageFetcher:
         Results are in the order of ``urls``, one per URL.
         """
         limit = self._settings.max_images_per_product
-        fetched = await asyncio.gather(*(self.fetch(url) for url in urls[:limit]))
+        tasks = [asyncio.ensure_future(self.fetch(url)) for url in urls[:limit]]
+        try:
+            fetched = await asyncio.gather(*tasks)
+        except BaseException:  # cancelled (a superseded event): give back what finished fetches hold
+            for task in tasks:
+                if task.done() and not task.cancelled() and task.exception() is None:
+                    reservation = task.result().reservation
+                    if reservation is not None:
+                        reservation.release()
+            raise
         skipped = []
         for url in urls[limit:]:
             metrics.IMAGE_FETCHES.labels(status="skipped").inc()
@@ -236,10 +261,21 @@ class ImageFetcher:
         started = time.perf_counter()
         progress = _Progress()
         image: Image.Image | None = None
+        views: Any = None
+        reservation: Reservation | None = None
         try:
             data = await self._download(url, progress)
             progress.phase = "decoding"
-            image = await self._decode(data)
+            if self._budget is not None:
+                reservation = await self._budget.reserve(len(data) + self._view_bytes)
+            decoded = await self._decode(data)
+            del data  # the body is not needed once the picture (or its views) exists
+            if reservation is not None:
+                reservation.release(max(0, reservation.held - self._view_bytes))
+            if self._to_views is None:
+                image = decoded
+            else:
+                views = decoded
             status, reason = "ok", None
         except _Failure as failure:
             status, reason = failure.status, failure.reason
@@ -249,6 +285,9 @@ class ImageFetcher:
             log.exception("unexpected image fetch failure", url=_display_url(url), phase=progress.phase)
             status = "decode_error" if progress.phase == "decoding" else "connection_error"
             reason = f"unexpected {type(exc).__name__}: {exc}"
+        finally:
+            if reservation is not None and views is None:
+                reservation.release()  # failed (or cancelled): nothing to keep
         elapsed = time.perf_counter() - started
         metrics.IMAGE_FETCHES.labels(status=status).inc()
         metrics.IMAGE_FETCH_SECONDS.observe(elapsed)
@@ -262,10 +301,12 @@ class ImageFetcher:
             nbytes=progress.nbytes,
             elapsed_ms=elapsed * 1000,
             image=image,
+            views=views,
+            reservation=reservation if views is not None else None,
         )
 
-    async def _decode(self, data: bytes) -> Image.Image:
-        """Decode in the executor: Pillow releases the GIL while decoding, the loop keeps serving I/O."""
+    async def _decode(self, data: bytes) -> Any:
+        """Decode (and make the views) in the executor: Pillow releases the GIL, the loop keeps serving I/O."""
         if not data:
             raise ImageRejected("decode_error", "empty body")
         s = self._settings
@@ -273,7 +314,9 @@ class ImageFetcher:
             decode_image, data, allowed_formats=s.allowed_formats, max_pixels=s.max_pixels,
             draft_size=self._draft_size,
         )
-        return await asyncio.get_running_loop().run_in_executor(self._executor, decode)
+        to_views = self._to_views
+        work = decode if to_views is None else (lambda: to_views(decode()))
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
 
     async def _download(self, url: str, progress: _Progress) -> bytes:
         """Follow redirects and retries under the overall deadline; return the body or raise _Failure."""

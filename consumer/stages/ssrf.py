@@ -11,7 +11,7 @@ network. Two pieces close that door:
   beforehand and connecting later) leaves no window for DNS rebinding, and it runs again for every
   redirect hop because each hop opens its own connection.
 
-aiohttp does not call the resolver for IP-literal hosts (``http://10.0.0.1/``); :mod:`consumer.fetch`
+aiohttp does not call the resolver for IP-literal hosts (``http://10.0.0.1/``); :mod:`consumer.stages.fetch`
 checks those with :func:`literal_refusal` before each hop, and :class:`GuardedResolver` checks them too
 when it is handed one, so neither path depends on the other.
 """
@@ -120,7 +120,7 @@ class BlockedAddressError(OSError):
     """A host resolved to (or is) an address the SSRF guard refuses.
 
     It subclasses :class:`OSError` so that aiohttp treats it like any other resolution failure (wrapping
-    it in ``ClientConnectorDNSError`` and never connecting); :mod:`consumer.fetch` finds it in the
+    it in ``ClientConnectorDNSError`` and never connecting); :mod:`consumer.stages.fetch` finds it in the
     exception chain and reports ``blocked_address`` instead of a retryable ``connection_error``.
     """
 

@@ -1,25 +1,37 @@
-"""The one module that commits consumer offsets (Quix Streams' checkpoint idea).
+"""The one place that commits: when (:class:`CommitPolicy`) and how (plain or transactional).
 
-Offsets come only from :class:`~consumer.offsets.OffsetTracker`, which marks an offset complete when its
-output was *delivered*; so a commit never covers an event whose enriched or dead-letter message could still
-be lost. Two modes:
+Offsets come only from each :class:`~consumer.stream.partition.PartitionState`, whose offsets complete
+when an output was *delivered* (or skipped by a documented outcome); so a commit never covers an event
+whose output could still be lost. Two modes (Quix Streams' ``Checkpoint.commit`` in numbered steps):
 
-* at-least-once (default): ``Consumer.commit`` of the contiguous completed offsets;
-* exactly-once (Kafka to Kafka only): flush the transactional producer, put the same offsets into the
-  transaction with ``send_offsets_to_transaction``, commit it, begin the next one. Downloads and inference
-  stay at-least-once; downstream readers use ``isolation.level=read_committed``.
+* at-least-once (default): ``Consumer.commit`` of the contiguous completed offsets, on the Kafka thread;
+* exactly-once (Kafka to Kafka only): 1. hold new outputs, 2. flush the transactional producer (off the
+  loop), 3. take every partition's committable offset (outputs leave in offset order, so these cover
+  exactly what the transaction holds), 4. ``send_offsets_to_transaction`` + ``commit_transaction`` +
+  ``begin_transaction`` (off the loop), 5. release the held outputs into the new transaction. Every
+  transaction call runs in the transaction thread: each can block for seconds, and the loop keeps serving
+  downloads and health probes meanwhile. A revoke commits the whole open transaction (every partition's
+  offsets, not just the revoked ones'); lost partitions abort it.
 """
 
 from __future__ import annotations
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
-from consumer import metrics
-from consumer.logs import get_logger
-from consumer.offsets import OffsetTracker, TopicPartitionKey
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-log = get_logger("enrich.commit")
+from consumer.ops import metrics
+from consumer.ops.logs import get_logger
+from consumer.stream.offsets import TopicPartitionKey
+from consumer.stream.partition import PartitionState
+from consumer.stream.producer import OutputProducer
 
+log = get_logger("enrich.checkpoint")
 
 #: Commit errors that mean "this member is no longer (or not yet again) the owner": its session expired
 #: (a frozen or descheduled process), or a rebalance is under way. The partitions are being lost or
@@ -33,79 +45,182 @@ class CommitFailed(RuntimeError):
     """A commit could not be made; the service stops so that a restart resumes from the last commit.
 
     ``membership_lost``: the broker refused it because this member lost its place in the group
-    (:data:`MEMBERSHIP_ERRORS`); the service carries on and librdkafka rejoins.
+    (:data:`MEMBERSHIP_ERRORS`); the service carries on and librdkafka rejoins. ``abortable``: a
+    transaction error that aborting the transaction clears (the partitions are then read again).
     """
 
-    def __init__(self, message: str, membership_lost: bool = False) -> None:
+    def __init__(self, message: str, membership_lost: bool = False, abortable: bool = False) -> None:
         super().__init__(message)
         self.membership_lost = membership_lost
+        self.abortable = abortable
 
     @classmethod
     def from_kafka(cls, what: str, exc: KafkaException) -> CommitFailed:
         err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-        return cls(f"{what} failed: {exc}", membership_lost=err is not None and err.code() in MEMBERSHIP_ERRORS)
+        return cls(
+            f"{what} failed: {exc}",
+            membership_lost=err is not None and err.code() in MEMBERSHIP_ERRORS,
+            abortable=err is not None and err.txn_requires_abort(),
+        )
 
 
-def _as_topic_partitions(offsets: dict[TopicPartitionKey, int]) -> list[TopicPartition]:
+@dataclass
+class CommitPolicy:
+    """Commit at most every ``interval_s`` (Arroyo's CommitPolicy, by time only)."""
+
+    interval_s: float
+    last: float = 0.0
+
+    def due(self, now: float) -> bool:
+        return now - self.last >= self.interval_s
+
+    def committed(self, now: float) -> None:
+        self.last = now
+
+
+def as_topic_partitions(offsets: dict[TopicPartitionKey, int]) -> list[TopicPartition]:
     return [TopicPartition(topic, partition, offset) for (topic, partition), offset in sorted(offsets.items())]
 
 
-class OffsetCommitter:
-    """Commits what the tracker allows.
+def committable(states: Iterable[PartitionState]) -> dict[TopicPartitionKey, int]:
+    """Per partition, the offset to commit where it moved past the last commit."""
+    out: dict[TopicPartitionKey, int] = {}
+    for state in states:
+        point = state.offsets.committable()
+        if point is not None:
+            out[state.tp] = point
+    return out
 
-    Threading contract: the tracker belongs to the asyncio loop thread, the consumer to the kafka thread.
-    So a plain commit is three steps: :meth:`pending` on the loop, :meth:`commit_offsets` on the kafka
-    thread, :meth:`mark_committed` on the loop. :meth:`commit_transaction` runs wholly on the loop thread,
-    where the transactional producer is used, so nothing is produced while a transaction commits.
+
+def commit_offsets(consumer: Consumer, offsets: dict[TopicPartitionKey, int]) -> None:
+    """Synchronous ``Consumer.commit``; call it on the thread that owns the consumer."""
+    if not offsets:
+        return
+    try:
+        consumer.commit(offsets=as_topic_partitions(offsets), asynchronous=False)
+    except KafkaException as exc:
+        failed = CommitFailed.from_kafka("offset commit", exc)
+        metrics.COMMITS.labels(outcome="not_member" if failed.membership_lost else "error").inc()
+        raise failed from exc
+    metrics.COMMITS.labels(outcome="ok").inc()
+    log.debug("committed", offsets={f"{t}/{p}": o for (t, p), o in offsets.items()})
+
+
+class Checkpoint:
+    """Commits the pipeline's completed offsets in the configured mode.
+
+    ``kafka_call`` runs a function on the consumer's thread; transaction calls run on a thread of the
+    checkpoint's own. Loop thread only.
     """
 
-    def __init__(self, consumer: Consumer, producer: Producer, tracker: OffsetTracker, *, transactional: bool) -> None:
+    def __init__(
+        self,
+        consumer: Consumer,
+        producer: OutputProducer,
+        states: Callable[[], Iterable[PartitionState]],
+        kafka_call: Callable[..., Awaitable[Any]],
+        *,
+        transactional: bool,
+        interval_s: float,
+    ) -> None:
         self._consumer = consumer
         self._producer = producer
-        self._tracker = tracker
+        self._states = states
+        self._kafka_call = kafka_call
         self.transactional = transactional
+        self.policy = CommitPolicy(interval_s)
+        self._txn = ThreadPoolExecutor(1, thread_name_prefix="transaction") if transactional else None
+        self._lock = asyncio.Lock()
 
-    def pending(self, partitions: set[TopicPartitionKey] | None = None) -> dict[TopicPartitionKey, int]:
-        """Committable offsets (of ``partitions`` only, when given) that are ahead of the last commit."""
-        offsets = self._tracker.committable()
-        if partitions is not None:
-            offsets = {tp: o for tp, o in offsets.items() if tp in partitions}
-        return offsets
+    async def _in_txn_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._txn, fn, *args)
 
-    def commit_offsets(self, offsets: dict[TopicPartitionKey, int]) -> None:
-        """Synchronous ``Consumer.commit``; call it on the thread that owns the consumer."""
-        if not offsets:
+    async def begin(self) -> None:
+        """Exactly-once: register the transactional id (fences an older producer with it) and begin."""
+        if self.transactional:
+            await self._in_txn_thread(self._producer.producer.init_transactions, 30)
+            await self._in_txn_thread(self._producer.producer.begin_transaction)
+
+    async def maybe_commit(self) -> None:
+        now = time.monotonic()
+        if self.policy.due(now):
+            await self.commit()
+            self.policy.committed(now)
+
+    async def commit(self, partitions: set[TopicPartitionKey] | None = None) -> dict[TopicPartitionKey, int]:
+        """Commit what is complete (of ``partitions`` only in at-least-once mode; always everything in a
+        transaction, which holds outputs of every partition). Returns the committed offsets."""
+        async with self._lock:
+            if self.transactional:
+                return await self._commit_transaction()
+            states = [s for s in self._states() if partitions is None or s.tp in partitions]
+            offsets = committable(states)
+            if not offsets:
+                return {}
+            try:
+                await self._kafka_call(commit_offsets, self._consumer, offsets)
+            except CommitFailed as exc:
+                if not exc.membership_lost:
+                    raise
+                # the session expired or a rebalance began meanwhile: the lost/revoke callback decides
+                # what happens to these partitions; nothing is marked committed (duplicates, never loss)
+                log.warning("commit refused: not a group member right now (duplicates later, never loss)",
+                            error=str(exc))
+                return {}
+            self._mark(states, offsets)
+            return offsets
+
+    async def _commit_transaction(self) -> dict[TopicPartitionKey, int]:
+        producer = self._producer.producer
+        self._producer.hold()  # 1.
+        try:
+            remaining = await self._producer.flush(30)  # 2.
+            if remaining:
+                raise CommitFailed(f"{remaining} messages still undelivered after flush; not committing")
+            states = list(self._states())
+            offsets = committable(states)  # 3.
+            try:  # 4.
+                if offsets:
+                    metadata = self._consumer.consumer_group_metadata()
+                    await self._in_txn_thread(producer.send_offsets_to_transaction,
+                                              as_topic_partitions(offsets), metadata, 30)
+                await self._in_txn_thread(producer.commit_transaction, 30)
+                await self._in_txn_thread(producer.begin_transaction)
+            except KafkaException as exc:
+                metrics.COMMITS.labels(outcome="error").inc()
+                raise CommitFailed.from_kafka("transaction commit", exc) from exc
+            self._mark(states, offsets)
+            metrics.COMMITS.labels(outcome="ok").inc()
+            return offsets
+        finally:
+            self._producer.release_held()  # 5.
+
+    async def abort(self) -> None:
+        """Exactly-once: abort the open transaction (its outputs are discarded) and begin the next one."""
+        if not self.transactional:
+            return
+        async with self._lock:
+            producer = self._producer.producer
+            self._producer.drop_held()
+            try:
+                await self._in_txn_thread(producer.abort_transaction, 30)
+                await self._in_txn_thread(producer.begin_transaction)
+            except KafkaException as exc:
+                raise CommitFailed.from_kafka("transaction abort", exc) from exc
+            metrics.COMMITS.labels(outcome="aborted").inc()
+
+    async def close(self) -> None:
+        """Exactly-once: abort the empty transaction begun by the last commit; stop the thread."""
+        if self._txn is None:
             return
         try:
-            self._consumer.commit(offsets=_as_topic_partitions(offsets), asynchronous=False)
+            await self._in_txn_thread(self._producer.producer.abort_transaction, 5)
         except KafkaException as exc:
-            failed = CommitFailed.from_kafka("offset commit", exc)
-            metrics.COMMITS.labels(outcome="not_member" if failed.membership_lost else "error").inc()
-            raise failed from exc
-        metrics.COMMITS.labels(outcome="ok").inc()
-        log.debug("committed", offsets={f"{t}/{p}": o for (t, p), o in offsets.items()})
+            log.debug("abort of the last (empty) transaction failed", error=str(exc))
+        self._txn.shutdown(wait=False, cancel_futures=True)
 
-    def mark_committed(self, offsets: dict[TopicPartitionKey, int]) -> None:
-        self._tracker.mark_committed(offsets)
-
-    def commit_transaction(self, partitions: set[TopicPartitionKey] | None = None) -> dict[TopicPartitionKey, int]:
-        """Exactly-once: flush, put the offsets into the transaction, commit it and begin the next one."""
-        # Flushing first delivers everything produced in this transaction, so the tracker's offsets
-        # cover exactly the outputs the transaction holds (outputs are released in offset order).
-        remaining = self._producer.flush(30)
-        if remaining:
-            raise CommitFailed(f"{remaining} messages still undelivered after flush; not committing")
-        offsets = self.pending(partitions)
-        try:
-            if offsets:
-                self._producer.send_offsets_to_transaction(
-                    _as_topic_partitions(offsets), self._consumer.consumer_group_metadata(), 30
-                )
-            self._producer.commit_transaction(30)
-            self._producer.begin_transaction()
-        except KafkaException as exc:
-            metrics.COMMITS.labels(outcome="error").inc()
-            raise CommitFailed(f"transaction commit failed: {exc}") from exc
-        self._tracker.mark_committed(offsets)
-        metrics.COMMITS.labels(outcome="ok").inc()
-        return offsets
+    @staticmethod
+    def _mark(states: Iterable[PartitionState], offsets: dict[TopicPartitionKey, int]) -> None:
+        for state in states:
+            if state.tp in offsets:
+                state.offsets.mark_committed(offsets[state.tp])

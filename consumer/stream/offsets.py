@@ -1,4 +1,4 @@
-"""Per-partition offset tracking for at-least-once delivery with out-of-order completion.
+"""Offsets of one partition for at-least-once delivery with out-of-order completion.
 
 Events of one partition finish in any order (a slow image, a retry), but Kafka stores one committed offset
 per partition meaning "everything before this is done". So we may only commit the lowest contiguous
@@ -9,83 +9,60 @@ bug users of async Kafka consumers lose data to (engineering notes, section 2).
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
 
 TopicPartitionKey = tuple[str, int]
 
 
-@dataclass
-class _PartitionState:
-    """Offsets of one partition in arrival order; ``done`` holds those completed but not yet contiguous."""
-
-    pending: deque[int] = field(default_factory=deque)
-    done: set[int] = field(default_factory=set)
-    next_offset: int | None = None  # last seen offset + 1: the commit point when nothing is pending
-    committed: int | None = None  # the last offset we committed (or learned was committed)
-
-
-class OffsetTracker:
-    """Tracks which polled offsets are complete and what may be committed, per partition.
+class PartitionOffsets:
+    """Which polled offsets of one partition are complete, and what may be committed.
 
     Contract: :meth:`track` is called once per polled message in the order the partition delivers them
     (increasing offsets; gaps are fine, e.g. compacted topics or transaction markers). :meth:`complete` is
-    called once the message's output (enriched event, tombstone or dead letter) has been *delivered*.
-    :meth:`committable` then returns, per partition, the offset to commit, only where it moved forward.
+    called once the message's outcome is final (its output *delivered*, or a documented skip).
+    :meth:`committable` then returns the offset to commit, only when it moved past the last commit.
     Not thread-safe: the owner calls it from one thread (the asyncio loop).
     """
 
     def __init__(self) -> None:
-        self._partitions: dict[TopicPartitionKey, _PartitionState] = {}
+        self._pending: deque[int] = deque()
+        self._done: set[int] = set()
+        self._next: int | None = None  # last seen offset + 1: the commit point when nothing is pending
+        self.committed: int | None = None  # the last offset committed (or known committed at assignment)
+        self.first: int | None = None  # the first offset tracked in this assignment
 
-    def track(self, tp: TopicPartitionKey, offset: int) -> None:
-        state = self._partitions.setdefault(tp, _PartitionState())
-        if state.pending and offset <= state.pending[-1]:
-            raise ValueError(f"offset {offset} of {tp} arrived after {state.pending[-1]}: offsets must increase")
-        if state.next_offset is not None and offset < state.next_offset:
-            raise ValueError(f"offset {offset} of {tp} is below already-seen offset {state.next_offset - 1}")
-        state.pending.append(offset)
-        state.next_offset = offset + 1
+    def track(self, offset: int) -> None:
+        if self._next is not None and offset < self._next:
+            raise ValueError(f"offset {offset} arrived after {self._next - 1}: offsets must increase")
+        if self.first is None:
+            self.first = offset
+        self._pending.append(offset)
+        self._next = offset + 1
 
-    def complete(self, tp: TopicPartitionKey, offset: int) -> None:
-        """Mark one offset done; unknown partitions (revoked meanwhile) are ignored on purpose."""
-        state = self._partitions.get(tp)
-        if state is None:
-            return
-        state.done.add(offset)
-        while state.pending and state.pending[0] in state.done:
-            state.done.discard(state.pending.popleft())
+    def complete(self, offset: int) -> None:
+        self._done.add(offset)
+        while self._pending and self._pending[0] in self._done:
+            self._done.discard(self._pending.popleft())
 
-    def committable(self) -> dict[TopicPartitionKey, int]:
-        """Offsets (next offset to read) that are safe to commit and ahead of the last commit."""
-        result: dict[TopicPartitionKey, int] = {}
-        for tp, state in self._partitions.items():
-            point = self._commit_point(state)
-            if point is not None and (state.committed is None or point > state.committed):
-                result[tp] = point
-        return result
+    def commit_point(self) -> int | None:
+        """The offset Kafka should store now (next to read), or None before the first message."""
+        return self._pending[0] if self._pending else self._next
 
-    def mark_committed(self, offsets: dict[TopicPartitionKey, int]) -> None:
-        for tp, offset in offsets.items():
-            state = self._partitions.get(tp)
-            if state is not None and (state.committed is None or offset > state.committed):
-                state.committed = offset
+    def committable(self) -> int | None:
+        """The commit point when it is ahead of the last commit, else None."""
+        point = self.commit_point()
+        if point is None or (self.committed is not None and point <= self.committed):
+            return None
+        return point
 
-    def in_flight(self, tp: TopicPartitionKey | None = None) -> int:
-        """Messages tracked but not contiguously complete (all partitions when ``tp`` is None)."""
-        if tp is not None:
-            state = self._partitions.get(tp)
-            return len(state.pending) if state else 0
-        return sum(len(s.pending) for s in self._partitions.values())
+    def mark_committed(self, offset: int) -> None:
+        if self.committed is None or offset > self.committed:
+            self.committed = offset
 
-    def partitions(self) -> list[TopicPartitionKey]:
-        return list(self._partitions)
+    @property
+    def in_flight(self) -> int:
+        """Messages tracked but not contiguously complete."""
+        return len(self._pending)
 
-    def forget(self, tp: TopicPartitionKey) -> None:
-        """Drop a partition (revoked or lost); late completions for it are then ignored."""
-        self._partitions.pop(tp, None)
-
-    @staticmethod
-    def _commit_point(state: _PartitionState) -> int | None:
-        if state.pending:
-            return state.pending[0]
-        return state.next_offset
+    @property
+    def oldest_pending(self) -> int | None:
+        return self._pending[0] if self._pending else None
