@@ -31,6 +31,8 @@ __all__ = ["ANNOTATIONS", "PUBLISHED_DIR", "check_all", "incompatibilities", "lo
 #: Frozen copies of the schemas as first published.
 PUBLISHED_DIR: Final = SCHEMA_DIR / "published"
 
+#: Keywords a schema may gain: new (optional) properties or definitions constrain no existing field.
+_ADDABLE: Final = frozenset({"properties", "$defs", "definitions"})
 #: Keywords that only document; changing them changes no instance's validity.
 ANNOTATIONS: Final = frozenset({"title", "description", "examples", "$comment", "default", "deprecated"})
 #: Keywords whose value is one subschema.
@@ -62,7 +64,8 @@ def incompatibilities(published: Any, current: Any, path: str = "$") -> list[str
         if keyword not in current:
             problems.append(f"{where}: removed")
         elif keyword not in published:
-            problems.append(f"{where}: added (a new constraint)")
+            if keyword not in _ADDABLE:
+                problems.append(f"{where}: added (a new constraint)")
         elif keyword == "required":
             if set(published[keyword]) != set(current[keyword]):
                 added = sorted(set(current[keyword]) - set(published[keyword]))

@@ -94,11 +94,19 @@ def _rfc3339(value: object) -> object:
     return datetime.fromisoformat(text.replace("z", "Z").replace("t", "T"))
 
 
+def _whole(value: object) -> object:
+    """JSON Schema's ``integer`` is any number without a fractional part (``1.0`` included); so is ours."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 Timestamp = Annotated[datetime, BeforeValidator(_rfc3339)]
+Integer = Annotated[int, BeforeValidator(_whole)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 NonEmpty = Annotated[str, Field(min_length=1)]
 Short = Annotated[str, Field(min_length=1, max_length=200)]
-NonNegative = Annotated[int, Field(ge=0)]
+NonNegative = Annotated[Integer, Field(ge=0)]
 
 
 def _base64(value: str | None) -> str | None:
@@ -139,7 +147,7 @@ class SourceCoordinates(_Model):
 class Source(SourceCoordinates):
     """``source`` of attributes-enriched.v1: the coordinates plus the input's Kafka timestamp (ms, or None)."""
 
-    timestamp_ms: int | None
+    timestamp_ms: Integer | None
 
 
 class DeadLetterSource(Source):
@@ -190,7 +198,7 @@ class ImageResult(_Model):
     url: Annotated[str, Field(max_length=2048)]
     status: ImageStatus
     reason: str | None
-    http_status: Annotated[int, Field(ge=100, le=599)] | None
+    http_status: Annotated[Integer, Field(ge=100, le=599)] | None
     bytes: NonNegative | None
     elapsed_ms: Annotated[float, Field(ge=0)]
 
