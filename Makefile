@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo   - install into .venv and run the end-to-end demo (embedded broker, sample catalog, demo model)"
 	@echo "make test   - install into .venv and run the whole test suite"
-	@echo "make lint   - ruff"
+	@echo "make lint   - ruff + import rules (.importlinter)"
 	@echo "make bench  - benchmarks: pipeline, model throughput, image fetch (Markdown tables for docs/benchmarks.md)"
 
 # A first install puts torch (a CUDA build on x86_64) into .venv, about 6 GB: warn up front, so a pip
@@ -31,6 +31,7 @@ demo: install
 
 test: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 test-fast: install
@@ -38,6 +39,7 @@ test-fast: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 bench: install
 	$(BIN)/python bench/bench_pipeline.py
