@@ -2,7 +2,7 @@
 
 For subscribers: needs only ``confluent-kafka`` and :mod:`schemas` (no torch). It reads every partition of
 one topic by explicit assignment, from a :class:`Start` position (the beginning, the end, an offset, a time,
-or a consumer group's committed offsets), optionally up to the end offsets it saw when it started, and
+or a consumer group's committed offsets), optionally only until it has caught up with every partition, and
 decodes each record with :func:`schemas.models.decode`.
 
 ```python
@@ -158,10 +158,15 @@ class Record:
 class Reader:
     """Reads every partition of ``topic`` from ``start``; iterate it for :class:`Record` values.
 
-    ``stop_at_end``: stop once every partition reached the end offset it had when the reader started (the
-    topic as it was; records written meanwhile past that point are not awaited). Otherwise it follows the
-    topic until :meth:`close`. ``group_id`` is needed for ``Start.committed()`` and :meth:`commit`; without
-    one, a throwaway group id is used and nothing is ever committed. ``config``: raw librdkafka settings.
+    ``stop_at_end``: stop once every partition has been read up to its end (its high watermark when the
+    reader gets there: records written meanwhile are read too, so a partition written faster than it is read
+    never ends). Otherwise it follows the topic until :meth:`close`. ``group_id`` is needed for
+    ``Start.committed()`` and :meth:`commit`; without one, a throwaway group id is used and nothing is ever
+    committed. ``config``: raw librdkafka settings.
+
+    ``Start.at_time``: the broker's timestamp index says where to start, and records stamped before the time
+    are skipped as well (producers' clocks are not monotonic, and some brokers, tansu among them, answer
+    every timestamp lookup with the first offset).
     """
 
     def __init__(
@@ -194,8 +199,10 @@ class Reader:
             "isolation.level": "read_committed",  # never show an aborted transaction's outputs
             **(config or {}),
         })
-        self._remaining: set[int] = set()  # partitions not yet at their end offset (stop_at_end)
-        self._ends: dict[int, int] = {}
+        self._remaining: set[int] = set()  # partitions not yet caught up with (stop_at_end)
+        self._min_timestamp_ms = (
+            int(self.start.time.timestamp() * 1000) if self.start.kind == "time" and self.start.time else None
+        )
         self._assigned = False
 
     # ------------------------------------------------------------------------------------ lifecycle
@@ -241,21 +248,14 @@ class Reader:
 
     def _assign(self) -> None:
         partitions = self.partitions()
-        offsets = self._start_offsets(partitions)
-        if self.stop_at_end:
-            for tp in offsets:
-                low, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, tp.partition), 10.0)
-                self._ends[tp.partition] = high
-                first = low if tp.offset in (OFFSET_BEGINNING,) else high if tp.offset == OFFSET_END else tp.offset
-                if first < high:
-                    self._remaining.add(tp.partition)
-        self._consumer.assign(offsets)
+        self._consumer.assign(self._start_offsets(partitions))
+        self._remaining = set(partitions)
         self._assigned = True
 
     # ------------------------------------------------------------------------------------ reading
     @property
     def done(self) -> bool:
-        """True once ``stop_at_end`` and every partition reached its end offset."""
+        """True once ``stop_at_end`` and every partition was read to its end."""
         return self.stop_at_end and self._assigned and not self._remaining
 
     def poll(self) -> list[Record]:
@@ -269,15 +269,18 @@ class Reader:
             error = message.error()
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
-                    # EOF: caught up with the partition's current end, which is at or past the one captured.
+                    # Caught up with the high watermark of the fetch response (librdkafka sends it for
+                    # empty partitions too, and after transaction markers, which are never delivered).
                     self._remaining.discard(message.partition())
                     continue
                 if error.fatal() or not error.retriable():
                     raise KafkaException(error)
                 continue
+            if self._min_timestamp_ms is not None:
+                kind, ts = message.timestamp()
+                if kind != 0 and ts < self._min_timestamp_ms:
+                    continue
             records.append(Record.from_message(message))
-            if message.offset() >= self._ends.get(message.partition(), 0) - 1:
-                self._remaining.discard(message.partition())
         return records
 
     def __iter__(self) -> Iterator[Record]:

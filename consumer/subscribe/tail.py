@@ -25,7 +25,7 @@ __all__ = ["Filter", "render_table", "run_tail", "write_json_lines"]
 class Filter:
     """Which records to keep. Every condition given must hold.
 
-    ``products``: the record's product id is one of these (key or payload). ``where``: ``{attribute: value}``
+    ``products``: the record's product id (in the payload, or the record key) is one of these. ``where``: ``{attribute: value}``
     pairs the enriched event must predict (value compared case-insensitively; ``None`` matches "unknown").
     ``attributes``: the attributes ``min_confidence`` / ``max_confidence`` look at (default: those of
     ``where``, else all); an event passes when at least one of them is at or above ``min_confidence`` /
@@ -48,7 +48,7 @@ class Filter:
         event = record.event
         if event is None:
             return self.include_undecodable and not self.products and not self._needs_attributes
-        if self.products and _product_id(record) not in self.products:
+        if self.products and not self.products & _ids(record):
             return False
         if not self._needs_attributes:
             return True
@@ -68,6 +68,12 @@ class Filter:
         if self.min_confidence is not None and not any(c >= self.min_confidence for c in confidences):
             return False
         return self.max_confidence is None or any(c < self.max_confidence for c in confidences)
+
+
+def _ids(record: Record) -> set[str | None]:
+    """The product id of the event and the record key as text (a dead letter's key is the input's key)."""
+    key = None if record.key is None else record.key.decode("utf-8", "replace")
+    return {key, None if record.event is None else record.event.product_id}
 
 
 def _product_id(record: Record) -> str | None:
