@@ -16,6 +16,8 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
+from consumer.subscribe.commands import register as register_subscriber_commands
+
 app = typer.Typer(
     name="enrich",
     help="Streaming attribute enrichment for e-commerce catalogs: product events in, enriched attributes out.",
@@ -123,6 +125,15 @@ def run(
     ] = None,
     log_format: Annotated[str | None, typer.Option(envvar="ENRICH_LOG_FORMAT", help="json | console.")] = None,
     log_level: Annotated[str | None, typer.Option(envvar="ENRICH_LOG_LEVEL", help="DEBUG, INFO, WARNING...")] = None,
+    cloudevents: Annotated[
+        bool | None,
+        typer.Option(
+            "--cloudevents",
+            envvar="ENRICH_CLOUDEVENTS",
+            help="Also send CloudEvents binary-mode headers (ce_*) on every output [off].",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the enrichment consumer against any Kafka cluster until SIGTERM (or --stop-after / --idle-exit-s).
 
@@ -146,6 +157,7 @@ def run(
         idle_exit_s=idle_exit_s,
         log_format=log_format,
         log_level=log_level,
+        cloudevents=cloudevents,
     )
     if allow_loopback_images:
         settings.fetch.allow_loopback = True
@@ -501,6 +513,11 @@ def sample_catalog(
 
         count = write_jsonl(events, events_from_catalog(read_catalog(styles), image_base_url.rstrip("/")))
         typer.echo(f"wrote {count} product events to {events} (images at {image_base_url}/images/...)")
+
+
+# --------------------------------------------------------------------------- subscriber commands
+# `enrich tail` and `enrich materialize` (consumer/subscribe/): they need only the base install, no torch.
+register_subscriber_commands(app)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -87,6 +87,11 @@ class Settings(BaseSettings):
         description="Exactly-once only: this member's transactional.id; must be unique per member "
         "[<group_id>-<POD_NAME or hostname>].",
     )
+    cloudevents: bool = Field(
+        False,
+        description="Also send CloudEvents binary-mode headers (ce_id, ce_source, ce_type, ce_time, "
+        "ce_specversion...) on every output, mapped onto existing fields (schemas/cloudevents.py).",
+    )
     stale_updates: Literal["skip", "process"] = Field(
         "skip",
         description="An input whose updated_at is older than one already seen for its product: skip it "

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
+import orjson
 from PIL import Image
 
 from consumer.ops import metrics
@@ -33,11 +34,13 @@ from consumer.stages.events import (
     original_budget,
     parse_product_event,
     source_headers,
+    tombstone_event_id,
     tombstone_headers,
 )
 from consumer.stages.fetch import FetchResult, ImageFetcher
 from consumer.stages.outputs import DeadLetter, Enriched, Tombstone
 from models.predictor import Predictor
+from schemas import cloudevents
 
 log = get_logger("enrich.enricher")
 
@@ -111,8 +114,17 @@ class Enricher:
     async def handle(self, product: ProductEvent, source: SourceCoordinates) -> Enriched | Tombstone:
         """The output of a valid event; exceptions are the caller's to turn into ``processing_error``."""
         if product.op == "delete":
-            return Tombstone(product.product_id, tombstone_headers(product, source))
-        return Enriched(product.product_id, await self._enrich(product, source), source_headers(source))
+            headers = tombstone_headers(product, source)
+            if self.settings.cloudevents:
+                headers += cloudevents.tombstone_headers(
+                    product.product_id, topic=source.topic, partition=source.partition, offset=source.offset,
+                    updated_at=product.updated_at, event_id=tombstone_event_id(source))
+            return Tombstone(product.product_id, headers)
+        value = await self._enrich(product, source)
+        headers = source_headers(source)
+        if self.settings.cloudevents:  # from the bytes as sent, so the headers cannot disagree with the body
+            headers += cloudevents.enriched_headers(orjson.loads(value))
+        return Enriched(product.product_id, value, headers)
 
     def dead_letter(self, raw: bytes | None, source: SourceCoordinates, reason: str, detail: str) -> DeadLetter:
         """A dead letter that always fits the producer's message size: original and key clipped, flagged."""
@@ -120,6 +132,8 @@ class Enricher:
                     partition=source.partition, offset=source.offset)
         value, headers = build_dead_letter(raw, source, reason=reason, detail=detail,
                                            max_original_bytes=self._max_original)
+        if self.settings.cloudevents:
+            headers += cloudevents.dead_letter_headers(orjson.loads(value))
         return DeadLetter(clip_key(source.key), value, reason, headers)
 
     # ------------------------------------------------------------------ enrichment

@@ -25,8 +25,9 @@ __all__ = ["Filter", "render_table", "run_tail", "write_json_lines"]
 class Filter:
     """Which records to keep. Every condition given must hold.
 
-    ``products``: the record's product id (in the payload, or the record key) is one of these. ``where``: ``{attribute: value}``
-    pairs the enriched event must predict (value compared case-insensitively; ``None`` matches "unknown").
+    ``products``: the record's product id (in the payload, or the record key) is one of these.
+    ``where``: ``{attribute: value}`` pairs the enriched event must predict (value compared
+    case-insensitively; ``None`` matches "unknown").
     ``attributes``: the attributes ``min_confidence`` / ``max_confidence`` look at (default: those of
     ``where``, else all); an event passes when at least one of them is at or above ``min_confidence`` /
     below ``max_confidence``. Tombstones and dead letters pass only the product filter (they have no
