@@ -1,0 +1,1 @@
+"""Training: options (``config``), cached features, the loop, checkpoints, fusion fitting."""
