@@ -1,6 +1,6 @@
 """``python -m consumer`` is the same as the ``enrich`` command."""
 
-from consumer.cli import app
+from consumer.cli import main
 
 if __name__ == "__main__":
-    app()
+    main()

