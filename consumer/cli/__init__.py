@@ -117,6 +117,11 @@ def run(
             show_default=False,
         ),
     ] = None,
+    stale_updates: Annotated[
+        str | None,
+        typer.Option(envvar="ENRICH_STALE_UPDATES",
+                     help="skip | process: an input older (updated_at) than one already seen for its product."),
+    ] = None,
     stop_after: Annotated[
         int | None, typer.Option(envvar="ENRICH_STOP_AFTER", help="Exit after this many events are done.")
     ] = None,
@@ -153,6 +158,7 @@ def run(
         exactly_once=exactly_once,
         http_port=http_port,
         max_in_flight=max_in_flight,
+        stale_updates=stale_updates,
         stop_after=stop_after,
         idle_exit_s=idle_exit_s,
         log_format=log_format,
