@@ -45,6 +45,7 @@ bench: install
 	$(BIN)/python bench/bench_pipeline.py
 	$(BIN)/python bench/bench_inference.py
 	$(BIN)/python bench/bench_fetch.py
+	$(BIN)/python bench/bench_memory.py
 
 clean:
 	rm -rf .cache .pytest_cache .ruff_cache

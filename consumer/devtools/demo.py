@@ -298,6 +298,7 @@ def _print_summary(summary: dict[str, Any], examples: list[dict[str, Any]]) -> N
     table.add_row("events in", str(summary["events_in"]))
     table.add_row("enriched / tombstones", f"{summary['enriched']} / {summary['tombstones']}")
     table.add_row("dead-lettered", f"{summary['dead_lettered']} {summary['dead_letter_reasons']}")
+    table.add_row("superseded / stale (no output)", str(summary["superseded_or_stale"]))
     table.add_row("images ok / failed", f"{summary['images_ok']} / {summary['images_failed']}")
     table.add_row(
         "consumer throughput",
