@@ -39,6 +39,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from models.drift import DEFAULT_MIN_OBSERVATIONS, DEFAULT_WINDOW, DriftGuard
 from models.ensemble import UNMENTIONED, AttributePrediction, Ensemble, PoolParams, average_image_probs
 from models.image_model import ImagePreprocess, MultiTaskImageModel, build_backbone
 from models.taxonomy import Taxonomy
@@ -196,6 +197,9 @@ class Bundle:
     def load(cls, path: str | Path, device: str = "auto") -> Bundle:
         """Build the architectures from the manifest and fill them from safetensors (never unpickles)."""
         p = Path(path)
+        from models.verify import verify_bundle  # here: models.verify imports this module
+
+        verify_bundle(p)  # content hash vs manifest version: a tampered or half-copied bundle never serves
         manifest = json.loads((p / MANIFEST).read_text())
         if manifest.get("format") != FORMAT:
             raise ValueError(f"{p}: not an enrich bundle (format {manifest.get('format')!r})")
@@ -349,6 +353,12 @@ class Bundle:
             thr = self.threshold(a, mode)
             out[a] = AttributePrediction(labels[k] if conf >= thr else None, conf, thr, ev_i, ev_t, fused)
         return out
+
+    def drift_guard(self, window: int = DEFAULT_WINDOW, min_observations: int = DEFAULT_MIN_OBSERVATIONS
+                    ) -> DriftGuard:
+        """A fresh drift guard over this bundle's training-time agreement bands (``drift`` in the manifest;
+        a bundle without them guards nothing). One per consumer; see :mod:`models.drift`."""
+        return DriftGuard.from_manifest(self.manifest, window=window, min_observations=min_observations)
 
     def threshold(self, attr: str, mode: str) -> float:
         """The attribute's confidence threshold for a fusion mode (an ``-unmentioned`` mode without its own

@@ -6,7 +6,7 @@ imports, so the service depends on a few methods, not on how bundles are stored 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Protocol
 
 
@@ -38,4 +38,38 @@ class Predictor(Protocol):
 
     def combine(
         self, text_probs: Mapping[str, Any] | None, image_probs: Sequence[Mapping[str, Any]], text: str | None = None
+    ) -> Mapping[str, Prediction]: ...
+
+
+class GuardChange(Protocol):
+    """One drift-guard switch (``models.drift.GuardChange``): ``to_json()`` is its log-line form."""
+
+    attribute: str
+    text_only: bool
+    agreement: float
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+class Guard(Protocol):
+    """Per-attribute image-text agreement against the bundle's training-time band (``models.drift.DriftGuard``).
+    Event loop only (one thread): ``observe`` each product's probabilities, then fuse the attributes of
+    ``text_only_attributes()`` from the text alone."""
+
+    def observe(self, text_probs: Mapping[str, Any] | None,
+                image_probs: Sequence[Mapping[str, Any]] | None) -> list[GuardChange]: ...
+
+    def text_only_attributes(self) -> set[str]: ...
+
+    def state(self) -> dict[str, dict[str, Any]]: ...
+
+
+class GuardedPredictor(Predictor, Protocol):
+    """A predictor with a drift guard (``models.bundle.Bundle``): ``combine`` also takes ``text_only``."""
+
+    def drift_guard(self) -> Guard: ...
+
+    def combine(
+        self, text_probs: Mapping[str, Any] | None, image_probs: Sequence[Mapping[str, Any]], text: str | None = None,
+        text_only: Collection[str] = (),
     ) -> Mapping[str, Prediction]: ...

@@ -186,3 +186,83 @@ def test_products_from_the_catalog_have_years(tmp_path: Path) -> None:
     styles = generate_catalog(tmp_path / "c", n_products=5, seed=1, image_size=32)
     prods: list[Product] = read_catalog(styles)
     assert all(p.year is None or 1900 <= p.year <= 2100 for p in prods)
+
+
+# ---- end to end through the consumer's enricher ------------------------------------------------------------
+def _sample(name: str, labels: dict[str, str]) -> float:
+    from consumer.ops.metrics import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_stream_of_colour_rotated_photos_switches_colour_to_text_in_the_enricher(served: dict, tmp_path: Path) -> None:
+    """Real HTTP downloads, the real decode path, the bundle's forward passes in the inference thread: the
+    enricher's guard switches colour to text-only fusion, the events then carry the text's colour, and the
+    metrics and a warning line say so."""
+    import asyncio
+
+    import orjson
+    import structlog
+
+    from consumer.devtools.image_server import ImageServer
+    from consumer.ops.settings import Settings
+    from consumer.stages.enricher import Enricher
+    from consumer.stages.events import SourceCoordinates
+
+    b: Bundle = served["bundle"]
+    prods: list[Product] = served["products"]
+    rotated = tmp_path / "images"
+    rotated.mkdir()
+    for p in prods:
+        assert p.image is not None
+        with Image.open(p.image) as im:
+            r, g, bl = im.convert("RGB").split()
+            Image.merge("RGB", (g, bl, r)).save(rotated / p.image.name, quality=95)
+    switches_before = _sample("enrich_drift_switches_total", {"attribute": "color", "to": "text"})
+    nulls_before = _sample("enrich_predictions_total", {"attribute": "color", "outcome": "null"})
+    values_before = _sample("enrich_predictions_total", {"attribute": "color", "outcome": "value"})
+
+    async def run(base_url: str) -> list[dict]:
+        settings = Settings(fetch={"allow_loopback": True})  # type: ignore[arg-type]
+        async with Enricher(b, settings) as enricher:
+            assert enricher.guard is not None and "color" in enricher.guard.state()
+            enricher.guard = b.drift_guard(window=60, min_observations=30)  # a short stream: a short window
+            out = []
+            for offset, p in enumerate(prods):
+                raw = orjson.dumps({"event_id": f"e{offset}", "op": "upsert", "retailer": "acme",
+                                    "product_id": p.id, "title": p.title, "description": p.description,
+                                    "brand": p.brand, "updated_at": "2024-05-01T12:00:00Z",
+                                    "image_urls": [f"{base_url}/images/{p.image.name}"]})  # type: ignore[union-attr]
+                source = SourceCoordinates("products", 0, offset, None, p.id.encode())
+                event = enricher.parse(raw, source)
+                assert hasattr(event, "op"), event
+                output = await enricher.handle(event, source)  # type: ignore[arg-type]
+                out.append({"event": orjson.loads(output.value),  # type: ignore[union-attr]
+                            "text_only": "color" in enricher.guard.text_only_attributes()})
+            return out
+
+    with ImageServer(rotated) as server, structlog.testing.capture_logs() as logs:
+        events = asyncio.run(run(server.base_url))
+    switched_at = next(i for i, e in enumerate(events) if e["text_only"])
+    assert 29 <= switched_at < len(events) - 20  # judged once 30 confident products are in the window
+    warn = [e for e in logs if e.get("attribute") == "color" and e.get("text_only") is True]
+    assert warn and warn[0]["log_level"] == "warning" and "text-only" in warn[0]["event"]
+    assert warn[0]["agreement"] < warn[0]["band_low"]
+    assert _sample("enrich_drift_text_only", {"attribute": "color"}) == 1.0
+    assert _sample("enrich_drift_switches_total", {"attribute": "color", "to": "text"}) == switches_before + 1
+    assert _sample("enrich_drift_agreement_ratio", {"attribute": "color"}) < \
+        _sample("enrich_drift_agreement_band_low_ratio", {"attribute": "color"})
+    # per-attribute prediction metrics: one prediction per event, a confidence histogram, value counts
+    counted = _sample("enrich_predictions_total", {"attribute": "color", "outcome": "null"}) - nulls_before + \
+        _sample("enrich_predictions_total", {"attribute": "color", "outcome": "value"}) - values_before
+    assert counted == len(events)
+    assert _sample("enrich_prediction_confidence_count", {"attribute": "color"}) >= len(events)
+    # after the switch, each event's colour is the text-only fusion's answer, the photo's answer is evidence
+    texts = {p.id: t for p, t in zip(prods, served["texts"], strict=True)}
+    tprobs = {p.id: t for p, t in zip(prods, served["text"], strict=True)}
+    for e in events[switched_at + 1:]:
+        pid = e["event"]["product_id"]
+        alone = b.combine(tprobs[pid], [], text=texts[pid])["color"]
+        got = e["event"]["attributes"]["color"]
+        assert got["value"] == alone.value and got["confidence"] == pytest.approx(alone.confidence, abs=1e-4)
+        assert got["evidence"]["image"] is not None

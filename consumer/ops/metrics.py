@@ -6,6 +6,9 @@ demo can run several services in one process without "duplicated timeseries" err
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -89,3 +92,72 @@ OLDEST_IN_FLIGHT_SECONDS = Gauge(
     ["topic", "partition"],
     registry=REGISTRY,
 )
+
+# --- what the model answers (a dashboard shows a bundle going wrong before anyone reads the events) ----------
+_CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+PREDICTIONS = Counter(
+    "enrich_predictions_total",
+    "Attribute predictions written, per attribute and outcome (value: answered; null: below the threshold or no "
+    "evidence). Null share = null / all.",
+    ["attribute", "outcome"],
+    registry=REGISTRY,
+)
+PREDICTION_CONFIDENCE = Histogram(
+    "enrich_prediction_confidence",
+    "Fused confidence of each attribute prediction (answered or not).",
+    ["attribute"],
+    buckets=_CONFIDENCE_BUCKETS,
+    registry=REGISTRY,
+)
+PREDICTION_VALUES = Counter(
+    "enrich_prediction_values_total",
+    "Answered values per attribute (bounded by the bundle's taxonomy).",
+    ["attribute", "value"],
+    registry=REGISTRY,
+)
+DRIFT_TEXT_ONLY = Gauge(
+    "enrich_drift_text_only",
+    "1 while the drift guard fuses this attribute from the text alone (image-text agreement below the bundle's "
+    "training-time band), else 0.",
+    ["attribute"],
+    registry=REGISTRY,
+)
+DRIFT_AGREEMENT = Gauge(
+    "enrich_drift_agreement_ratio",
+    "Live share of products whose image and confident text agree, per attribute (rolling window).",
+    ["attribute"],
+    registry=REGISTRY,
+)
+DRIFT_AGREEMENT_LOW = Gauge(
+    "enrich_drift_agreement_band_low_ratio",
+    "The lower edge of the training-time agreement band for the current window, per attribute.",
+    ["attribute"],
+    registry=REGISTRY,
+)
+DRIFT_SWITCHES = Counter(
+    "enrich_drift_switches_total",
+    "Drift-guard switches per attribute: to=text (fell back to text-only fusion) or to=fused (back).",
+    ["attribute", "to"],
+    registry=REGISTRY,
+)
+
+
+def observe_predictions(attributes: Mapping[str, Mapping[str, Any]]) -> None:
+    """Count one event's attribute predictions (the enriched event's ``attributes``: value, confidence)."""
+    for attr, pred in attributes.items():
+        value = pred.get("value")
+        PREDICTIONS.labels(attribute=attr, outcome="null" if value is None else "value").inc()
+        PREDICTION_CONFIDENCE.labels(attribute=attr).observe(float(pred.get("confidence") or 0.0))
+        if value is not None:
+            PREDICTION_VALUES.labels(attribute=attr, value=str(value)).inc()
+
+
+def observe_drift(state: Mapping[str, Mapping[str, Any]], switched: Sequence[tuple[str, bool]] = ()) -> None:
+    """Export the drift guard's per-attribute state, and count the switches ``(attribute, text_only)``."""
+    for attr, st in state.items():
+        DRIFT_TEXT_ONLY.labels(attribute=attr).set(1.0 if st.get("text_only") else 0.0)
+        if st.get("agreement") is not None:
+            DRIFT_AGREEMENT.labels(attribute=attr).set(float(st["agreement"]))
+            DRIFT_AGREEMENT_LOW.labels(attribute=attr).set(float(st["band_low"]))
+    for attr, text_only in switched:
+        DRIFT_SWITCHES.labels(attribute=attr, to="text" if text_only else "fused").inc()

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from PIL import Image
@@ -39,7 +39,7 @@ from consumer.stages.events import (
 )
 from consumer.stages.fetch import FetchResult, ImageFetcher
 from consumer.stages.outputs import DeadLetter, Enriched, Tombstone
-from models.predictor import Predictor
+from models.predictor import Guard, GuardedPredictor, Prediction, Predictor
 from schemas import cloudevents
 
 log = get_logger("enrich.enricher")
@@ -71,6 +71,10 @@ class Enricher:
         self._fetcher: ImageFetcher | None = None
         self._text_batcher: MicroBatcher[str, Any] | None = None
         self._image_batcher: MicroBatcher[Any, Any] | None = None
+        #: the bundle's drift guard (models.drift.DriftGuard) when it has one; predictors without it (test
+        #: fakes, older bundles) are fused as before
+        make_guard = getattr(predictor, "drift_guard", None)
+        self.guard: Guard | None = make_guard() if callable(make_guard) else None
 
     async def __aenter__(self) -> Enricher:
         s, p = self.settings, self.predictor
@@ -161,14 +165,38 @@ class Enricher:
                     result.reservation.release()
             if text_future is not None and not text_future.done():
                 text_future.cancel()
-        predictions = p.combine(text_probs, image_probs, text=text)
+        if self.guard is None:
+            predictions = p.combine(text_probs, image_probs, text=text)
+        else:
+            predictions = self._guarded_combine(text_probs, image_probs, text, source)
         modalities = (["image"] if image_probs else []) + (["text"] if text_probs is not None else [])
+        attributes = {name: pred.to_json() for name, pred in predictions.items()}
+        metrics.observe_predictions(attributes)
         return build_enriched_event(
             product,
             source,
             model_name=p.name,
             model_version=p.version,
-            attributes={name: pred.to_json() for name, pred in predictions.items()},
+            attributes=attributes,
             images=[r.to_json() for r in results],
             modalities=modalities,
         )
+
+    def _guarded_combine(self, text_probs: Any, image_probs: list[Any], text: str, source: SourceCoordinates
+                         ) -> Mapping[str, Prediction]:
+        """Feed the drift guard this product, then fuse the attributes it switched from the text alone; each
+        switch is a warning line and ``enrich_drift_switches_total``, the state ``enrich_drift_*`` gauges."""
+        assert self.guard is not None
+        changes = self.guard.observe(text_probs, image_probs) if image_probs else []
+        for ch in changes:
+            if ch.text_only:
+                log.warning("drift guard: image and text disagree beyond the training band, attribute falls back "
+                            "to text-only fusion", **ch.to_json(), topic=source.topic, partition=source.partition,
+                            offset=source.offset)
+            else:
+                log.info("drift guard: agreement back within the training band, attribute fused again",
+                         **ch.to_json(), topic=source.topic, partition=source.partition, offset=source.offset)
+        if changes or image_probs:
+            metrics.observe_drift(self.guard.state(), [(ch.attribute, ch.text_only) for ch in changes])
+        predictor = cast(GuardedPredictor, self.predictor)
+        return predictor.combine(text_probs, image_probs, text=text, text_only=self.guard.text_only_attributes())
