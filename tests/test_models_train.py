@@ -13,6 +13,7 @@ from models.catalog.synthetic import generate_catalog
 from models.evaluate import evaluate_command, format_against
 from models.testing import tiny_bert_dir
 from models.train import train_command
+from models.verify import reseal_bundle
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +138,8 @@ def _photo_only_copy(bundle: Path, out: Path, split_seed: int | None = None) -> 
         fusion[mode] = photo_only
     if split_seed is not None:
         manifest["split"]["seed"] = split_seed
-    manifest["version"] = "photo-only-copy"
     (out / "manifest.json").write_text(json.dumps(manifest))
+    reseal_bundle(out)  # a deliberate edit: its own version (Bundle.load refuses a manifest that lies)
     return out
 
 
@@ -180,6 +181,7 @@ def test_evaluate_against_another_bundle(trained: tuple[Path, Path, dict], tmp_p
     n_cls = len(manifest["taxonomy"]["attributes"]["color"]["values"])
     manifest["fusion"]["color"]["image"]["bias"] = [1000.0] + [0.0] * (n_cls - 1)
     (biased / "manifest.json").write_text(json.dumps(manifest))
+    reseal_bundle(biased)
     vs_biased = evaluate_command(bundle=str(bundle), catalog=str(styles), progress=False, baseline=False,
                                  attributes=["color"], against=str(biased))["against"]["attributes"]["color"]
     alone = evaluate_command(bundle=str(biased), catalog=str(styles), progress=False, baseline=False,
