@@ -197,6 +197,9 @@ class Bundle:
     def load(cls, path: str | Path, device: str = "auto") -> Bundle:
         """Build the architectures from the manifest and fill them from safetensors (never unpickles)."""
         p = Path(path)
+        from models.verify import verify_bundle  # here: models.verify imports this module
+
+        verify_bundle(p)  # content hash vs manifest version: a tampered or half-copied bundle never serves
         manifest = json.loads((p / MANIFEST).read_text())
         if manifest.get("format") != FORMAT:
             raise ValueError(f"{p}: not an enrich bundle (format {manifest.get('format')!r})")
