@@ -42,6 +42,7 @@ __all__ = [
     "DEAD_LETTER_SCHEMA_ID",
     "ENRICHED_SCHEMA_ID",
     "HEADER_EVENT_ID",
+    "HEADER_SOURCE_EVENT_ID",
     "HEADER_SOURCE_OFFSET",
     "HEADER_SOURCE_PARTITION",
     "HEADER_SOURCE_TOPIC",
@@ -75,6 +76,8 @@ HEADER_SOURCE_OFFSET: Final = "enrich.source.offset"
 #: Headers on tombstones (newer producers): the delete's ``updated_at`` and its deterministic event id.
 HEADER_UPDATED_AT: Final = "enrich.updated_at"
 HEADER_EVENT_ID: Final = "enrich.event_id"
+#: Header on tombstones: the delete event's own ``event_id`` (the input producer's id).
+HEADER_SOURCE_EVENT_ID: Final = "enrich.source_event_id"
 
 _LEAP_SECOND = re.compile(r"(T\d{2}:\d{2}:)60(\.\d+)?", re.IGNORECASE)
 
@@ -243,14 +246,17 @@ class EnrichedEvent(_Model):
 class Tombstone(_Model):
     """A deleted product: Kafka key = product_id, value null. Everything else comes from the headers.
 
-    ``source``, ``updated_at`` and ``event_id`` are None when the producer did not send the header (tombstones
-    written before enrich added ``enrich.updated_at`` / ``enrich.event_id`` have only the source coordinates).
+    ``source``, ``updated_at``, ``event_id`` and ``source_event_id`` are None when the producer did not send
+    the header (tombstones written before enrich added ``enrich.updated_at``, ``enrich.event_id`` and
+    ``enrich.source_event_id`` have only the source coordinates).
     """
 
     product_id: Annotated[str, Field(min_length=1)]
     source: SourceCoordinates | None = None
     updated_at: Timestamp | None = None
     event_id: str | None = None
+    #: The delete event's ``event_id`` as the input producer set it (``enrich.source_event_id``).
+    source_event_id: str | None = None
 
     @classmethod
     def from_kafka(cls, key: bytes | str | None, headers: Any = None) -> Tombstone:
@@ -278,6 +284,7 @@ class Tombstone(_Model):
                 source=source,
                 updated_at=found.get(HEADER_UPDATED_AT),
                 event_id=found.get(HEADER_EVENT_ID),
+                source_event_id=found.get(HEADER_SOURCE_EVENT_ID),
             )
         except ValidationError as exc:
             raise DecodeError(f"tombstone: {exc}") from None

@@ -122,13 +122,14 @@ def test_tombstone_from_headers() -> None:
         ("enrich.source.offset", b"77"),
         ("enrich.updated_at", b"2024-05-01T14:00:00+02:00"),
         ("enrich.event_id", b"ab" * 32),
+        ("enrich.source_event_id", b"del-7"),
     ]
     event = decode(None, key=b"SKU-1", headers=headers)
     assert isinstance(event, Tombstone)
     assert event.product_id == "SKU-1"
     assert (event.source.topic, event.source.partition, event.source.offset) == ("products", 2, 77)
     assert canonical_timestamp(event.updated_at) == "2024-05-01T12:00:00.000000Z"
-    assert event.event_id == "ab" * 32
+    assert event.event_id == "ab" * 32 and event.source_event_id == "del-7"
 
 
 def test_tombstone_without_the_new_headers() -> None:
