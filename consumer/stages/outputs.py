@@ -13,7 +13,9 @@ from typing import Literal
 
 Headers = list[tuple[str, bytes]]
 
-SkipReason = Literal["superseded", "stale_update"]
+#: the last three only in ``enrich replay`` (consumer/replay/): an input at or past the replay's end offsets,
+#: an input that is not the newest of its product, a product updated live while the replay ran
+SkipReason = Literal["superseded", "stale_update", "replay_past_end", "replay_not_latest", "replay_newer_live"]
 
 
 @dataclass(frozen=True, slots=True)

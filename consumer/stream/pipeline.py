@@ -19,7 +19,7 @@ from consumer.ops import metrics
 from consumer.ops.logs import get_logger
 from consumer.stages.enricher import Enricher
 from consumer.stages.events import ProductEvent, SourceCoordinates
-from consumer.stages.outputs import DeadLetter, Skipped
+from consumer.stages.outputs import DeadLetter, Skipped, SkipReason
 from consumer.stream.offsets import TopicPartitionKey
 from consumer.stream.partition import Entry, PartitionState
 from consumer.stream.producer import OutputProducer
@@ -53,6 +53,7 @@ class Pipeline:
         product_memory: int,
         process_stale: bool,
         on_fatal: Callable[[str], None],
+        skip: Callable[[Inbound], SkipReason | None] | None = None,
     ) -> None:
         self.enricher = enricher
         self.producer: OutputProducer | None = None  # set by the processor once the producer exists
@@ -61,6 +62,9 @@ class Pipeline:
         self._product_memory = product_memory
         self._process_stale = process_stale
         self._on_fatal = on_fatal
+        #: optional admission filter (``enrich replay``: inputs past its end offsets, older versions):
+        #: a reason completes the offset at once as Skipped(reason), before parsing, so nothing is produced
+        self._skip = skip
         self.skipped = 0  # inputs completed without an output (superseded, stale_update)
 
     # ------------------------------------------------------------------ assignment
@@ -112,6 +116,14 @@ class Pipeline:
         state = self.states.get((source.topic, source.partition))
         if state is None:
             return  # fetched just before its partition was revoked; the new owner reads it again
+        reason = self._skip(inbound) if self._skip is not None else None
+        if reason is not None:
+            entry = Entry(source, inbound.value, None)
+            state.admit(entry, None)
+            state.set_output(entry, Skipped(reason))
+            self._count_skip(entry)
+            self._release(state, entry)
+            return
         parsed = self.enricher.parse(inbound.value, source)
         if isinstance(parsed, DeadLetter):
             entry = Entry(source, inbound.value, None)

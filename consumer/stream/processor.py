@@ -94,8 +94,12 @@ def _names(keys: set[TopicPartitionKey]) -> list[str]:
 class StreamProcessor:
     """One consumer-group member around a pipeline. ``await run()`` until stopped; returns the exit code."""
 
-    def __init__(self, settings: Settings, pipeline: Pipeline, health: HealthState) -> None:
+    def __init__(self, settings: Settings, pipeline: Pipeline, health: HealthState,
+                 *, done: Callable[[], str | None] | None = None) -> None:
         self.settings = settings
+        #: optional end condition checked after each commit (``enrich replay``: every partition's committed
+        #: offset reached its end offset); a reason stops the processor cleanly (exit 0, all committed)
+        self._done = done
         self.pipeline = pipeline
         self.health = health
         self.dlq_policy = DeadLetterPolicy(max_fraction=settings.dlq_max_fraction, window=settings.dlq_window)
@@ -293,6 +297,8 @@ class StreamProcessor:
                 await self._rewind_all()
             if self.settings.stop_after and self._done_events() >= self.settings.stop_after:
                 self.request_stop(f"stop_after={self.settings.stop_after} reached")
+            if self._done is not None and (reason := self._done()) is not None:
+                self.request_stop(reason)
 
     async def _gauge_loop(self) -> None:
         """Lag (high watermark minus committed offset, both modes) and the oldest in-flight age, per partition."""
