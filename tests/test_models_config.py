@@ -36,3 +36,23 @@ def test_demo_config_is_a_train_config_and_replace_keeps_the_rest() -> None:
     again = cfg.replace(epochs=2)
     assert again.epochs == 2 and again.image_size == 128 and cfg.epochs == 6
     assert set(cfg.to_json()) == {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def test_backbone_registry_builds_by_name_and_refuses_unknown_or_duplicate_names() -> None:
+    from models.image_model import BACKBONES, build_backbone, register_backbone
+
+    assert set(BACKBONES) >= {"tiny", "efficientnet-lite0", "resnet50"}
+    assert build_backbone("tiny", pretrained=False).name == "tiny"
+    with pytest.raises(ValueError, match="unknown backbone"):
+        build_backbone("vgg-nope")
+    with pytest.raises(ValueError, match="already registered"):
+        register_backbone("tiny", lambda pretrained, top_blocks, weights: build_backbone("tiny"))
+
+
+def test_one_set_of_missing_label_values() -> None:
+    from models.catalog import kaggle
+    from models.taxonomy import MISSING_VALUES, Taxonomy
+
+    assert kaggle.MISSING_VALUES is MISSING_VALUES and {"unknown", "-", "na", ""} <= MISSING_VALUES
+    tax = Taxonomy.build([{"color": "Red"}, {"color": "Blue"}] * 3, ["color"], min_count=1)
+    assert tax.attributes["color"].encode("Unknown") == -1 and tax.attributes["color"].encode("NA") == -1

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from models.taxonomy import MISSING_VALUES as _TAXONOMY_MISSING
+
 __all__ = [
     "KAGGLE_COLUMNS",
     "MISSING_VALUES",
@@ -41,7 +43,9 @@ KAGGLE_COLUMNS: dict[str, str] = {
 }
 
 #: Cell values that mean "no label" (Kaggle writes "NA" for a handful of rows).
-MISSING_VALUES: frozenset[str] = frozenset({"", "na", "n/a", "nan", "none", "null"})
+#: One set of missing-label values for the whole project (``models.taxonomy.MISSING_VALUES``): "unknown" and
+#: "-" are not labels, here as in the taxonomy.
+MISSING_VALUES: frozenset[str] = _TAXONOMY_MISSING
 
 _REQUIRED = ("id", "productDisplayName")
 _TITLE = "productDisplayName"
