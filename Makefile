@@ -5,12 +5,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint bench clean help
+.PHONY: install demo test test-fast lint bench chaos clean help
 
 help:
 	@echo "make demo   - install into .venv and run the end-to-end demo (embedded broker, sample catalog, demo model)"
 	@echo "make test   - install into .venv and run the whole test suite"
 	@echo "make lint   - ruff + import rules (.importlinter)"
+	@echo "make chaos  - fault-injection scenarios (crash loops, clean stops, rebalances, broker stall; docs/reliability.md)"
 	@echo "make bench  - benchmarks: pipeline, model throughput, image fetch (Markdown tables for docs/benchmarks.md)"
 
 # A first install puts torch (a CUDA build on x86_64) into .venv, about 6 GB: warn up front, so a pip
@@ -40,6 +41,9 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
+
+chaos: install
+	$(BIN)/pytest -q -s -m chaos tests/chaos $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python bench/bench_pipeline.py
