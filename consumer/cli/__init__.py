@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
+from consumer.cli.replay import register as register_replay_command
 from consumer.subscribe.commands import register as register_subscriber_commands
 
 app = typer.Typer(
@@ -170,6 +171,10 @@ def run(
     from consumer.ops.logs import configure_logging, get_logger
     from consumer.service import EnrichService
 
+    if (settings.bundle / "manifest.json").is_file():  # a missing bundle stays exit 1 (a volume not mounted yet)
+        from consumer.cli.replay import verified_version
+
+        verified_version(settings.bundle)  # tampered or half-copied: exit 2 before anything starts
     configure_logging(settings.log_level, settings.log_format)
     get_logger("enrich").info("starting enrich run", settings=settings.redacted())
     raise typer.Exit(asyncio.run(EnrichService(settings).run()))
@@ -184,7 +189,9 @@ def check_config(
     group_id: GroupId = None,
     bundle: BundleDir = None,
     kafka: KafkaPassthrough = None,
-    check_bundle: Annotated[bool, typer.Option(help="Also check that the bundle's manifest is readable.")] = True,
+    check_bundle: Annotated[
+        bool, typer.Option(help="Also verify the bundle: readable manifest, content hash = its version (exit 2).")
+    ] = True,
 ) -> None:
     """Validate the configuration (environment + flags) without connecting; print it with secrets masked."""
     settings = _settings(
@@ -206,10 +213,18 @@ def check_config(
                 json.loads(manifest.read_text())
             except ValueError as exc:
                 problems.append(f"bundle: {manifest} is not valid JSON: {exc}")
+    tampered = None
+    if check_bundle and not problems:
+        from models.verify import BundleVerificationError, verify_bundle
+
+        try:
+            verify_bundle(settings.bundle)
+        except BundleVerificationError as exc:
+            tampered = f"bundle refused: {exc}"
     typer.echo(json.dumps(settings.redacted(), indent=2, default=str))
-    for problem in problems:
+    for problem in [*problems, *([tampered] if tampered else [])]:
         typer.secho(problem, fg="red", err=True)
-    raise typer.Exit(1 if problems else 0)
+    raise typer.Exit(2 if tampered else 1 if problems else 0)
 
 
 # --------------------------------------------------------------------------- local tooling
@@ -524,6 +539,8 @@ def sample_catalog(
 # --------------------------------------------------------------------------- subscriber commands
 # `enrich tail` and `enrich materialize` (consumer/subscribe/): they need only the base install, no torch.
 register_subscriber_commands(app)
+# `enrich replay` (consumer/replay/): the streaming core with a plan, a throttle and a dry run.
+register_replay_command(app)
 
 
 #: Top-level packages only the extras install (pyproject.toml): a command that needs one says which extra.
