@@ -182,7 +182,7 @@ def test_probes_point_at_the_health_endpoints() -> None:
     for probe, path in expected.items():
         http = CONTAINER[probe]["httpGet"]
         assert (http["path"], http["port"]) == (path, "metrics"), probe
-    routes = set(re.findall(r'web\.get\("(/[a-z]+)"', (ROOT / "consumer" / "health.py").read_text()))
+    routes = set(re.findall(r'web\.get\("(/[a-z]+)"', (ROOT / "consumer" / "ops" / "health.py").read_text()))
     assert {"/livez", "/readyz", "/metrics"} <= routes
 
 

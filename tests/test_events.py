@@ -1,4 +1,4 @@
-"""consumer/events.py: every input byte string gets a verdict, every output matches its schema."""
+"""consumer/stages/events.py: every input byte string gets a verdict, every output matches its schema."""
 
 from __future__ import annotations
 
