@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,17 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, Message, TopicPartition
 
+from consumer.devtools.embedded_broker import create_topics
+
 REPO = Path(__file__).resolve().parents[1]
+
+
+def new_topics(prefix: str, bootstrap: str, partitions: int) -> tuple[str, str, str]:
+    """Fresh input, output and dead-letter topics (unique names, so tests share one broker)."""
+    run = uuid.uuid4().hex[:8]
+    topics = (f"{prefix}-{run}.in", f"{prefix}-{run}.out", f"{prefix}-{run}.dlq")
+    create_topics(bootstrap, list(topics), partitions=partitions)
+    return topics
 
 
 def enrich_env(bootstrap: str, topics: tuple[str, str, str], bundle: Path, group: str, **extra: Any) -> dict[str, str]:

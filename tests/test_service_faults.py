@@ -14,7 +14,6 @@ from pathlib import Path
 import orjson
 import pytest
 
-from consumer.devtools.embedded_broker import create_topics
 from consumer.devtools.image_server import ImageServer
 from consumer.devtools.produce import events_from_catalog, produce_jsonl
 from models.catalog.kaggle import read_catalog
@@ -24,6 +23,7 @@ from tests.service_harness import (
     enrich_env,
     http_get,
     http_port_from_log,
+    new_topics,
     read_all,
     source_coordinates,
     start_enrich,
@@ -32,13 +32,6 @@ from tests.service_harness import (
 )
 
 pytestmark = pytest.mark.broker
-
-
-def _topics(prefix: str, bootstrap: str, partitions: int) -> tuple[str, str, str]:
-    run = uuid.uuid4().hex[:8]
-    topics = (f"{prefix}-{run}.in", f"{prefix}-{run}.out", f"{prefix}-{run}.dlq")
-    create_topics(bootstrap, list(topics), partitions=partitions)
-    return topics
 
 
 def _events(sample_catalog: Path, base_url: str, n: int) -> list[dict]:
@@ -83,7 +76,7 @@ def _count_outputs(bootstrap: str, topic: str, expected: int, timeout: float) ->
 def test_slow_image_for_early_offset_holds_back_the_commit(broker, tiny_bundle, sample_catalog, tmp_path) -> None:
     images = sample_catalog.parent / "images"
     first_image = sorted(images.iterdir())[0].name
-    topics = _topics("slow", broker.bootstrap_servers, partitions=1)
+    topics = new_topics("slow", broker.bootstrap_servers, partitions=1)
     with ImageServer(images, delay_s={first_image: 8.0}) as server:
         events = _events(sample_catalog, server.base_url, 30)
         events[0]["image_urls"] = [f"{server.base_url}/images/{first_image}"]
@@ -113,7 +106,7 @@ def test_slow_image_for_early_offset_holds_back_the_commit(broker, tiny_bundle, 
 def test_member_joining_and_leaving_mid_stream_loses_nothing(
     broker, tiny_bundle, sample_catalog, image_server, tmp_path
 ):
-    topics = _topics("rebalance", broker.bootstrap_servers, partitions=4)
+    topics = new_topics("rebalance", broker.bootstrap_servers, partitions=4)
     group = f"g-{topics[0]}"
     events = _events(sample_catalog, image_server.base_url, 360)
     env = enrich_env(broker.bootstrap_servers, topics, tiny_bundle, group)
@@ -142,7 +135,7 @@ def test_member_joining_and_leaving_mid_stream_loses_nothing(
 def test_sigterm_mid_stream_exits_in_grace_and_restart_has_no_duplicates(
     broker, tiny_bundle, sample_catalog, image_server, tmp_path
 ) -> None:
-    topics = _topics("sigterm", broker.bootstrap_servers, partitions=3)
+    topics = new_topics("sigterm", broker.bootstrap_servers, partitions=3)
     group = f"g-{topics[0]}"
     events = _events(sample_catalog, image_server.base_url, 400)
     feeder = _feeder(broker.bootstrap_servers, topics[0], events, tmp_path)
@@ -171,7 +164,7 @@ def test_sigterm_mid_stream_exits_in_grace_and_restart_has_no_duplicates(
 def test_flood_pauses_partitions_bounds_in_flight_and_loses_nothing(
     broker, tiny_bundle, sample_catalog, image_server, tmp_path
 ) -> None:
-    topics = _topics("flood", broker.bootstrap_servers, partitions=2)
+    topics = new_topics("flood", broker.bootstrap_servers, partitions=2)
     events = _events(sample_catalog, image_server.base_url, 500)
     _produce(broker.bootstrap_servers, topics[0], events, tmp_path)
     log = tmp_path / "enrich.log"
@@ -200,7 +193,7 @@ def test_flood_pauses_partitions_bounds_in_flight_and_loses_nothing(
 
 
 def test_metrics_and_health_endpoints_over_http(broker, tiny_bundle, sample_catalog, image_server, tmp_path) -> None:
-    topics = _topics("metrics", broker.bootstrap_servers, partitions=2)
+    topics = new_topics("metrics", broker.bootstrap_servers, partitions=2)
     events = _events(sample_catalog, image_server.base_url, 60)
     events[0]["image_urls"] = [image_server.base_url + "/images/missing.jpg"]
     _produce(broker.bootstrap_servers, topics[0], events, tmp_path)
@@ -249,7 +242,7 @@ def test_metrics_and_health_endpoints_over_http(broker, tiny_bundle, sample_cata
 def test_exactly_once_mode_outputs_each_event_once_with_offsets_in_the_transaction(
     broker, tiny_bundle, sample_catalog, image_server, tmp_path
 ) -> None:
-    topics = _topics("eos", broker.bootstrap_servers, partitions=2)
+    topics = new_topics("eos", broker.bootstrap_servers, partitions=2)
     group = f"g-{topics[0]}"
     events = _events(sample_catalog, image_server.base_url, 240)
     feeder = _feeder(broker.bootstrap_servers, topics[0], events, tmp_path)
@@ -280,7 +273,7 @@ def test_exactly_once_mode_outputs_each_event_once_with_offsets_in_the_transacti
 
 
 def test_mostly_invalid_input_stops_the_consumer_loudly(broker, tiny_bundle, tmp_path) -> None:
-    topics = _topics("dlqrate", broker.bootstrap_servers, partitions=1)
+    topics = new_topics("dlqrate", broker.bootstrap_servers, partitions=1)
     feed = tmp_path / "garbage.jsonl"
     feed.write_bytes(b"\n".join(b"{broken %d" % i for i in range(120)) + b"\n")
     produce_jsonl(broker.bootstrap_servers, topics[0], feed)
@@ -296,7 +289,7 @@ def test_member_frozen_past_its_session_loses_partitions_without_committing(
     """SIGSTOP a member longer than its session: the group gives its partitions to another member; when it
     wakes, librdkafka reports the assignment *lost*, and the member must discard that work and never commit it
     (the new owner's commits must not be overwritten). Nothing may be lost; duplicates are allowed."""
-    topics = _topics("lost", broker.bootstrap_servers, partitions=2)
+    topics = new_topics("lost", broker.bootstrap_servers, partitions=2)
     group = f"g-{topics[0]}"
     events = _events(sample_catalog, image_server.base_url, 240)
     env = enrich_env(broker.bootstrap_servers, topics, tiny_bundle, group)

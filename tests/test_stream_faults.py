@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import signal
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +15,6 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from PIL import Image
 
-from consumer.devtools.embedded_broker import create_topics
 from consumer.devtools.image_server import ImageServer
 from consumer.devtools.produce import events_from_catalog
 from models.catalog.kaggle import read_catalog
@@ -26,6 +24,7 @@ from tests.service_harness import (
     enrich_env,
     http_get,
     http_port_from_log,
+    new_topics,
     read_all,
     skipped_coordinates,
     source_coordinates,
@@ -35,13 +34,6 @@ from tests.service_harness import (
 )
 
 pytestmark = pytest.mark.broker
-
-
-def _topics(prefix: str, bootstrap: str, partitions: int) -> tuple[str, str, str]:
-    run = uuid.uuid4().hex[:8]
-    topics = (f"{prefix}-{run}.in", f"{prefix}-{run}.out", f"{prefix}-{run}.dlq")
-    create_topics(bootstrap, list(topics), partitions=partitions)
-    return topics
 
 
 def _send(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]], partition: int | None = None) -> None:
@@ -70,7 +62,7 @@ def test_slow_upsert_is_never_overtaken_final_records_are_the_tombstone_and_the_
     images = sample_catalog.parent / "images"
     names = sorted(p.name for p in images.iterdir())
     slow_a, slow_b = names[0], names[1]
-    topics = _topics("latest", broker.bootstrap_servers, partitions=1)
+    topics = new_topics("latest", broker.bootstrap_servers, partitions=1)
     with ImageServer(images, delay_s={slow_a: 4.0, slow_b: 4.0}) as server:
         products = read_catalog(sample_catalog)[:12]
         base = events_from_catalog(products, server.base_url, updated_at=_at(0))
@@ -109,7 +101,7 @@ def test_slow_upsert_is_never_overtaken_final_records_are_the_tombstone_and_the_
 
 
 def test_stale_update_is_not_emitted_and_counted(broker, tiny_bundle, sample_catalog, image_server, tmp_path) -> None:
-    topics = _topics("stale", broker.bootstrap_servers, partitions=1)
+    topics = new_topics("stale", broker.bootstrap_servers, partitions=1)
     products = read_catalog(sample_catalog)[:6]
     events = events_from_catalog(products, image_server.base_url, updated_at=_at(30))
     late = {**events[0], "event_id": "late", "title": "an old copy", "updated_at": _at(10)}
@@ -126,7 +118,7 @@ def test_stale_update_is_not_emitted_and_counted(broker, tiny_bundle, sample_cat
 def test_oversized_poison_pill_is_dead_lettered_clipped_and_the_stream_goes_on(
     broker, tiny_bundle, sample_catalog, image_server, tmp_path
 ) -> None:
-    topics = _topics("poison", broker.bootstrap_servers, partitions=1)
+    topics = new_topics("poison", broker.bootstrap_servers, partitions=1)
     products = read_catalog(sample_catalog)[:20]
     valid = _keyed(events_from_catalog(products, image_server.base_url))
     pill = (b"k" * 430_000, b"\x00not json at all " * 20_000)  # ~430 KB key, ~340 KB non-JSON value
@@ -150,7 +142,7 @@ def test_partition_revoked_while_paused_is_fetched_again_when_assigned_back(
     broker, tiny_bundle, sample_catalog, tmp_path
 ) -> None:
     images = sample_catalog.parent / "images"
-    topics = _topics("repause", broker.bootstrap_servers, partitions=2)
+    topics = new_topics("repause", broker.bootstrap_servers, partitions=2)
     group = f"g-{topics[0]}"
     products = read_catalog(sample_catalog)
     with ImageServer(images) as server:
@@ -211,7 +203,7 @@ def test_png_flood_keeps_rss_bounded(broker, tiny_bundle, sample_catalog, tmp_pa
     gradient = Image.linear_gradient("L").resize((3000, 3000)).convert("RGB")
     for i in range(60):
         gradient.save(pngs / f"{i}.png", compress_level=1)
-    topics = _topics("pngs", broker.bootstrap_servers, partitions=1)
+    topics = new_topics("pngs", broker.bootstrap_servers, partitions=1)
     with ImageServer(pngs) as server:
         events = events_from_catalog(read_catalog(sample_catalog)[:30], server.base_url)
         for i, e in enumerate(events):
@@ -245,7 +237,7 @@ def test_png_flood_keeps_rss_bounded(broker, tiny_bundle, sample_catalog, tmp_pa
 def test_two_exactly_once_members_neither_fence_each_other_nor_duplicate(
     broker, tiny_bundle, sample_catalog, image_server, tmp_path
 ) -> None:
-    topics = _topics("eos2", broker.bootstrap_servers, partitions=2)
+    topics = new_topics("eos2", broker.bootstrap_servers, partitions=2)
     group = f"g-{topics[0]}"
     products = read_catalog(sample_catalog)
     events = events_from_catalog(products[:160], image_server.base_url)
