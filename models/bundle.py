@@ -42,16 +42,15 @@ from torch import nn
 from models.drift import DEFAULT_MIN_OBSERVATIONS, DEFAULT_WINDOW, DriftGuard
 from models.ensemble import UNMENTIONED, AttributePrediction, Ensemble, PoolParams, average_image_probs
 from models.image_model import ImagePreprocess, MultiTaskImageModel, build_backbone
+from models.manifest import FORMAT, MANIFEST, Manifest
 from models.taxonomy import Taxonomy
 from models.text_clean import mentions
 from models.text_clean import text_input as _text_input
 from models.text_model import MultiTaskTextModel, load_encoder, load_tokenizer, wide_batch
 from models.wide import WIDE_JSON, WIDE_WEIGHTS, WideTextModel
 
-MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
 ENCODER_DIR = "text_encoder"
-FORMAT = "enrich-bundle/1"
 #: the text sources, in the order of the ``text_fusion`` pools' weights
 TEXT_SOURCES = ("bert", "wide")
 _TOKENIZER_FILES = (
@@ -167,29 +166,27 @@ class Bundle:
                  tokenizer: Any, wide: WideTextModel | None = None) -> None:
         self.path = path
         self.manifest = manifest
+        #: the typed manifest (``models.manifest``), the one reader of manifest.json
+        self.spec = Manifest.from_json(manifest)
         self.device = device
-        self.name: str = manifest["name"]
-        self.version: str = manifest["version"]
-        self.taxonomy = Taxonomy.from_json(manifest["taxonomy"])
-        self.attributes: list[str] = list(manifest["attributes"])
+        self.name: str = self.spec.name
+        self.version: str = self.spec.version
+        self.taxonomy = Taxonomy.from_json(self.spec.taxonomy)
+        self.attributes: list[str] = list(self.spec.attributes)
         self.labels = {a: self.taxonomy.attributes[a].values for a in self.attributes}
         self.image_model = image_model
         self.text_model = text_model
         self.tokenizer = tokenizer
-        img = manifest.get("image") or {}
+        img = self.spec.image or {}
         self.preprocess = ImagePreprocess.from_json(img["preprocess"]) if img else ImagePreprocess()
         self.image_decode_size: tuple[int, int] = self.preprocess.decode_size
-        self.text_max_len = int((manifest.get("text") or {}).get("max_len", 64))
-        self.ensemble = Ensemble.from_json(manifest.get("fusion", {}))
-        self.thresholds: dict[str, dict[str, float]] = manifest.get("thresholds", {})
+        self.text_max_len = int((self.spec.text or {}).get("max_len", 64))
+        self.ensemble = Ensemble.from_json(self.spec.fusion)
+        self.thresholds: dict[str, dict[str, float]] = self.spec.thresholds
         self.wide = wide
-        tf = dict(manifest.get("text_fusion") or {})
-        tf.pop("sources", None)
-        self.text_fusion: dict[str, PoolParams] = {a: PoolParams.from_json(d) for a, d in tf.items()}
+        self.text_fusion: dict[str, PoolParams] = {a: PoolParams.from_json(d) for a, d in self.spec.text_fusion.items()}
         #: per attribute, the words whose absence from the text selects the ``-unmentioned`` fusion modes
-        self.mention_words: dict[str, frozenset[str]] = {
-            a: frozenset(w) for a, w in (manifest.get("mention_words") or {}).items()
-        }
+        self.mention_words: dict[str, frozenset[str]] = {a: frozenset(w) for a, w in self.spec.mention_words.items()}
         self._lock = threading.Lock()
 
     # --- loading ---------------------------------------------------------------------------------------
@@ -200,14 +197,13 @@ class Bundle:
         from models.verify import verify_bundle  # here: models.verify imports this module
 
         verify_bundle(p)  # content hash vs manifest version: a tampered or half-copied bundle never serves
-        manifest = json.loads((p / MANIFEST).read_text())
-        if manifest.get("format") != FORMAT:
-            raise ValueError(f"{p}: not an enrich bundle (format {manifest.get('format')!r})")
+        spec_all = Manifest.read(p)  # validates the format
+        manifest = spec_all.raw
         dev = resolve_device(device)
         tensors = load_file(str(p / WEIGHTS), device="cpu")
         image_model = text_model = tokenizer = None
-        if manifest.get("image"):
-            spec = manifest["image"]
+        if spec_all.image:
+            spec = spec_all.image
             bb = spec["backbone"]
             backbone = build_backbone(bb["name"], pretrained=False, top_blocks=int(bb.get("top_blocks", 1)))
             image_model = MultiTaskImageModel(backbone, spec["num_classes"], hidden=int(spec["hidden"]),
@@ -217,8 +213,8 @@ class Bundle:
             image_model.to(dev).eval()
             if dev.type == "cuda":
                 image_model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        if manifest.get("text"):
-            spec = manifest["text"]
+        if spec_all.text:
+            spec = spec_all.text
             enc_dir = p / spec["encoder"]
             encoder = load_encoder(enc_dir, pretrained=False)
             text_model = MultiTaskTextModel(
@@ -228,7 +224,7 @@ class Bundle:
             _load_prefixed(text_model, tensors, "text.")
             text_model.to(dev).eval()
             tokenizer = load_tokenizer(enc_dir)
-        wide = WideTextModel.load(p, manifest["wide"]) if manifest.get("wide") else None
+        wide = WideTextModel.load(p, spec_all.wide) if spec_all.wide else None
         return cls(p, manifest, dev, image_model, text_model, tokenizer, wide)
 
     # --- preprocessing (any thread) --------------------------------------------------------------------
@@ -358,7 +354,7 @@ class Bundle:
                     ) -> DriftGuard:
         """A fresh drift guard over this bundle's training-time agreement bands (``drift`` in the manifest;
         a bundle without them guards nothing). One per consumer; see :mod:`models.drift`."""
-        return DriftGuard.from_manifest(self.manifest, window=window, min_observations=min_observations)
+        return DriftGuard.from_manifest({"drift": self.spec.drift}, window=window, min_observations=min_observations)
 
     def threshold(self, attr: str, mode: str) -> float:
         """The attribute's confidence threshold for a fusion mode (an ``-unmentioned`` mode without its own

@@ -37,7 +37,7 @@ from models.augment import PhotoShape
 from models.baseline import fit_predict, score
 from models.bundle import Bundle
 from models.compare import paired, paired_correct
-from models.data import Product, SplitSpec, read_catalog
+from models.data import Product, read_catalog
 from models.taxonomy import KAGGLE_COLUMNS
 from models.text_clean import mentions, remove_words
 from models.train import load_image, prefetch
@@ -204,7 +204,7 @@ def evaluate_command(
     if cat_path.is_dir():
         cat_path = cat_path / "styles.csv"
     products = read_catalog(cat_path, [a for a in b.attributes if a not in KAGGLE_COLUMNS])  # add-heads' columns
-    spec = SplitSpec.from_json(b.manifest.get("split"))
+    spec = b.spec.split
     if split == "auto":
         split = "test" if str(cat_path.resolve()) in _training_catalogs(b) else "all"
     rows = products if split == "all" else [p for p in products if spec.of(p.id, p.year) == split]
@@ -316,10 +316,7 @@ def evaluate_command(
 def _training_catalogs(b: Bundle) -> list[str]:
     """Resolved ``styles.csv`` paths of every catalog the bundle learnt from with its split: ``enrich train``'s,
     and ``enrich add-heads``' when it used the bundle's split seed (so their test rows are held out too)."""
-    seed = b.manifest.get("split", {}).get("seed", 0)
-    cats = list(b.manifest.get("training", {}).get("catalogs", []))
-    cats += [h["catalog"] for h in b.manifest.get("heads_added", []) if h.get("split_seed", seed) == seed]
-    resolved = {Path(c).resolve() for c in cats}
+    resolved = {Path(c).resolve() for c in b.spec.catalogs_on_split()}
     return sorted(str(p / "styles.csv" if p.is_dir() else p) for p in resolved)
 
 

@@ -153,7 +153,7 @@ def add_heads_command(
     if existing and not replace:
         raise ValueError(f"the bundle already has {', '.join(existing)}; pass --replace to retrain those heads")
     man = base.manifest
-    base_split = SplitSpec.from_json(man.get("split"))
+    base_split = base.spec.split
     split_seed = base_split.seed if seed is None else seed
     split_spec = SplitSpec(base_split.method, split_seed, base_split.fractions, base_split.val_from,
                            base_split.test_from)
