@@ -25,7 +25,7 @@ def parse_time(value: str | None, flag: str) -> int | None:
         raise typer.BadParameter(f"not an ISO 8601 time or epoch milliseconds: {value!r}", param_hint=flag) from exc
     if moment.tzinfo is None:
         raise typer.BadParameter(f"{value!r} has no time zone (add Z or +00:00)", param_hint=flag)
-    return int(moment.timestamp() * 1000)
+    return round(moment.timestamp() * 1000)
 
 
 def verified_version(bundle: Path) -> str:

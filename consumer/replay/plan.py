@@ -159,6 +159,8 @@ def scan(
         start: dict[int, int] = {}  # first offset stamped >= from_ms
         cut: dict[int, int] = {}  # first offset stamped > to_ms
         newest: dict[str, Version] = {}
+        #: per product, its first input at or after its partition's start (in range unless past the end)
+        first_in: dict[str, tuple[int, int]] = {}
         scanned = 0
         deadline = time.monotonic() + timeout_s
         while remaining:
@@ -190,6 +192,8 @@ def scan(
                     seen = newest.get(product)
                     if seen is None or version.newer_than(seen):
                         newest[product] = version
+                    if product not in first_in and (from_ms is None or p in start):
+                        first_in[product] = (p, o)
     finally:
         consumer.close()
     plan_start = {p: start.get(p, eof[p]) if from_ms is not None else first.get(p, eof[p]) for p in partitions}
@@ -200,12 +204,14 @@ def scan(
     plan_end = {p: max(plan_start[p], e) for p, e in plan_end.items()}
     plan = ReplayPlan(topic, plan_start, plan_end, scanned=scanned, resumed=fixed_end is not None)
     plan.in_range = plan.total
-    for version in newest.values():
+    for product, version in newest.items():
         p, o = version.partition, version.offset
         if plan_start[p] <= o < plan_end[p]:
             plan.keep.add((p, o))
-        elif o >= plan_end[p]:
-            plan.products_newer_past_end += 1
+        elif o >= plan_end[p] and product in first_in:
+            q, first = first_in[product]
+            if first < plan_end[q]:  # in the range, and updated past its end: the live consumer's
+                plan.products_newer_past_end += 1
     plan.products_in_range = len(plan.keep)
     return plan
 

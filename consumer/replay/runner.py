@@ -91,8 +91,9 @@ class ReplayEnricher:
         return output
 
 
-def _done(plan: ReplayPlan, pipeline: Pipeline) -> str | None:
+def _done(plan: ReplayPlan, pipeline: Pipeline, last: dict[int, int]) -> str | None:
     positions = positions_of(lambda: pipeline.states, plan.topic)
+    last.update(positions)  # the states are gone after the shutdown; the summary reads these
     if all(positions.get(p, -1) >= plan.end[p] for p in plan.start):
         return "replay complete: every partition reached its end offset"
     return None
@@ -126,6 +127,7 @@ async def run_replay(settings: Settings, options: ReplayOptions, bundle: Any | N
         log.info("replaying", model=bundle.name, version=bundle.version, group=settings.group_id,
                  to_replay=len(plan.keep), max_rate=options.max_rate)
         bucket = TokenBucket(options.max_rate) if options.max_rate else None
+        last: dict[int, int] = {}
 
         def skip(inbound: Inbound) -> Any:
             source = inbound.source
@@ -148,7 +150,7 @@ async def run_replay(settings: Settings, options: ReplayOptions, bundle: Any | N
                 if watch is not None and watch.failed is not None:
                     processor.request_stop(f"live watch failed: {watch.failed}", EXIT_FATAL)  # type: ignore[union-attr]
                     return None
-                return _done(plan, pipeline)
+                return _done(plan, pipeline, last)
 
             processor = StreamProcessor(settings, pipeline, health, done=done)
             progress = ReplayProgress(plan, terminal=options.progress, log_every_s=options.progress_log_every_s)
@@ -156,7 +158,8 @@ async def run_replay(settings: Settings, options: ReplayOptions, bundle: Any | N
             async def report() -> None:
                 while True:
                     await asyncio.sleep(0.5)
-                    progress.update(positions_of(lambda: pipeline.states, plan.topic))
+                    last.update(positions_of(lambda: pipeline.states, plan.topic))
+                    progress.update({**plan.position, **last})
 
             reporter = asyncio.create_task(report(), name="replay-progress")
             try:
@@ -165,7 +168,7 @@ async def run_replay(settings: Settings, options: ReplayOptions, bundle: Any | N
                 reporter.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await reporter
-            final = {**plan.position, **positions_of(lambda: pipeline.states, plan.topic)}
+            final = {**plan.position, **last}
             progress.close(final)
             summary["positions"] = {str(p): o for p, o in sorted(final.items())}
             summary["complete"] = all(final.get(p, -1) >= plan.end[p] for p in plan.start)
