@@ -304,105 +304,49 @@ def demo(
     run_demo(catalog=catalog, bundle=bundle, products=products, cache=cache_dir, partitions=partitions, seed=seed)
 
 
-@app.command()
-def train(
-    catalog: Annotated[
-        list[Path], typer.Option(help="Kaggle-format styles.csv (or its directory); repeat for several datasets.")
-    ],
-    out: Annotated[Path, typer.Option(help="Bundle directory to write.")],
-    name: Annotated[str, typer.Option(help="Bundle name.")] = "enrich",
-    attribute: Annotated[
-        list[str] | None,
-        typer.Option(help="Attribute to train (repeatable); another name reads that column. Default: all Kaggle ones."),
-    ] = None,
-    image_backbone: Annotated[str, typer.Option(help="efficientnet-lite0 | resnet50 | tiny.")] = "efficientnet-lite0",
-    image_weights: Annotated[
-        Path | None, typer.Option(help="ImageNet weights file for resnet50 (default: $TORCH_HOME).")
-    ] = None,
-    image_size: Annotated[int, typer.Option(help="Side of both image views.")] = 192,
-    image_top_blocks: Annotated[int, typer.Option(help="Trailing backbone blocks fine-tuned; the rest is cached.")] = 1,
-    image_augment: Annotated[
-        int, typer.Option(min=0, help="Randomly cropped/rotated/flipped copies of each training photo to cache "
-                                      "and train on (one CNN pass per copy, once); raising it on a resumed run is "
-                                      "allowed.")
-    ] = 0,
-    text_encoder: Annotated[
-        Path | None, typer.Option(help="Local Hugging Face BERT directory (default: packaged all-MiniLM-L6-v2).")
-    ] = None,
-    text_train_layers: Annotated[int, typer.Option(help="Top encoder layers fine-tuned; the rest is cached.")] = 1,
-    text_max_len: Annotated[int, typer.Option(help="Max tokens of title . brand . description.")] = 48,
-    wide_buckets: Annotated[int, typer.Option(help="Hashed word n-gram buckets of the text model; 0: none.")] = 131072,
-    linear_text: Annotated[
-        bool, typer.Option(help="Also fit the TF-IDF + logistic-regression text source and pool it with BERT.")
-    ] = True,
-    linear_c: Annotated[float, typer.Option(help="Inverse L2 strength of that logistic regression.")] = 10.0,
-    mention_fusion: Annotated[
-        str, typer.Option(help="Comma-separated attributes that also get fusion modes for texts naming none of "
-                               "their values (no colour word: trust the photo more); '' for none.")
-    ] = "color",
-    epochs: Annotated[int, typer.Option(help="Max epochs.")] = 8,
-    max_minutes: Annotated[
-        float | None, typer.Option(help="Wall-clock budget; training stops early to meet it.")
-    ] = None,
-    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
-    lr: Annotated[float, typer.Option(help="Heads / dense / wide learning rate.")] = 1e-3,
-    trunk_lr: Annotated[float, typer.Option(help="Fine-tuned backbone and encoder layers learning rate.")] = 1e-4,
-    seed: Annotated[int, typer.Option(help="Split, init and batch order seed.")] = 0,
-    task_weights: Annotated[str | None, typer.Option(help='Task loss weights, e.g. "color=2,season=0.5".')] = None,
-    dataset_weights: Annotated[
-        str | None, typer.Option(help='Sampling weights per dataset, e.g. "0:text=1,0:image=2".')
-    ] = None,
-    min_class_count: Annotated[int, typer.Option(help='Values rarer than this merge into "other".')] = 20,
-    target_precision: Annotated[float, typer.Option(help="Per-attribute thresholds reach this precision.")] = 0.9,
-    max_products: Annotated[int | None, typer.Option(help="At most this many products per catalog.")] = None,
-    work_dir: Annotated[Path | None, typer.Option(help="Feature caches and checkpoints [<out>.work].")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from the work dir's checkpoint.")] = True,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
-    threads: Annotated[int | None, typer.Option(help="torch CPU threads [all cores].")] = None,
-    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
-) -> None:
-    """Train a model bundle (multi-data multi-task) on Kaggle-format and synthetic catalogs.
+def _train_command() -> Any:
+    """``enrich train``, its flags generated from ``models.training.config.TrainConfig`` (each option and its
+    help declared once there; this module only maps types onto typer options)."""
+    import inspect
 
-    Each catalog's text rows and photo rows are separate datasets; batches are drawn across them with
-    weights, each task's loss counts only where its label exists, and products are split by id.
-    """
-    from models.train import train_command
+    from models.training.config import TrainConfig, options
 
-    summary = train_command(
-        catalog=[str(c) for c in catalog],
-        out=str(out),
-        name=name,
-        attributes=attribute,
-        image_backbone=image_backbone,
-        image_weights=str(image_weights) if image_weights else None,
-        image_size=image_size,
-        image_top_blocks=image_top_blocks,
-        image_augment=image_augment,
-        text_encoder=str(text_encoder) if text_encoder else None,
-        text_train_layers=text_train_layers,
-        text_max_len=text_max_len,
-        wide_buckets=wide_buckets,
-        linear_text=linear_text,
-        linear_c=linear_c,
-        mention_fusion=mention_fusion,
-        epochs=epochs,
-        max_minutes=max_minutes,
-        batch_size=batch_size,
-        lr=lr,
-        trunk_lr=trunk_lr,
-        seed=seed,
-        task_weights=task_weights,
-        dataset_weights=dataset_weights,
-        min_class_count=min_class_count,
-        target_precision=target_precision,
-        max_products=max_products,
-        work_dir=str(work_dir) if work_dir else None,
-        resume=resume,
-        device=device,
-        threads=threads,
-        progress=progress,
-    )
-    typer.echo(f"bundle {summary['bundle']} version {summary['version']} in {summary['seconds']:.0f}s")
+    types: dict[str, Any] = {"int": int, "float": float, "str": str, "bool": bool, "list[str]": list[str]}
+    params, annotations = [], {}
+    for o in options():
+        typ = types[o.type]
+        required = o.name in ("catalog", "out")
+        decl = f"{o.flag}/--no-{o.flag[2:]}" if typ is bool else o.flag
+        ann = Annotated[typ if required or o.default is not None else typ | None,  # type: ignore[valid-type]
+                        typer.Option(decl, help=o.help[:1].upper() + o.help[1:] + ".",
+                                     metavar=None if typ is bool else o.type.removeprefix("list[").strip("]").upper())]
+        params.append(inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, annotation=ann,
+                                        default=inspect.Parameter.empty if required else o.default))
+        annotations[o.name] = ann
+
+    def train(**options_: Any) -> None:
+        """Train a model bundle (multi-data multi-task) on Kaggle-format and synthetic catalogs.
+
+        Each catalog's text rows and photo rows are separate datasets; batches are drawn across them with
+        weights, each task's loss counts only where its label exists, and products are split by id (or by
+        catalogue year, --split year). Every flag is a field of models.training.config.TrainConfig.
+        """
+        from models.train import train_command
+
+        try:
+            config = TrainConfig(**options_)
+        except ValueError as exc:
+            flag = next((o.flag for o in options() if o.name in str(exc)), None)
+            raise typer.BadParameter(str(exc), param_hint=flag) from None
+        summary = train_command(config)
+        typer.echo(f"bundle {summary['bundle']} version {summary['version']} in {summary['seconds']:.0f}s")
+
+    train.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    train.__annotations__ = {**annotations, "return": None}
+    return train
+
+
+app.command("train")(_train_command())
 
 
 @app.command("add-heads")
