@@ -423,6 +423,11 @@ def evaluate(
         Path | None,
         typer.Option(help="Another bundle (e.g. the one serving now) scored on the same rows, with a paired test."),
     ] = None,
+    photo_shape: Annotated[
+        str | None,
+        typer.Option(help="squash | letterbox: serve every photo at the retailer's 3:4 shape first (un-squashed, or "
+                          "letterboxed into a white square): the photo-shape shift check."),
+    ] = None,
 ) -> None:
     """Per attribute, for image-only, text-only and the ensemble: accuracy, macro-F1, precision, coverage.
 
@@ -443,6 +448,7 @@ def evaluate(
         device=device,
         progress=progress,
         against=str(against) if against else None,
+        photo_shape=photo_shape,
     )
     cat = report["catalog"]
     typer.echo(f"{report['bundle']['name']} {report['bundle']['version']} on {cat['path']} (split {cat['split']}: "
