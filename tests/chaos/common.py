@@ -39,6 +39,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from consumer.devtools.embedded_broker import EmbeddedBroker, create_topics
 from consumer.devtools.image_server import ImageServer
 from consumer.devtools.produce import event_id_for, events_from_catalog
+from consumer.stages.events import InvalidEvent, parse_product_event
 from models.catalog.kaggle import read_catalog
 from tests.service_harness import REPO, committed, enrich_env, http_get, skipped_coordinates, start_enrich, tail
 
@@ -224,7 +225,7 @@ class Inputs:
     newest: dict[str, Coord]  # product id -> coordinate of its newest valid input (updated_at, offset)
     newest_is_delete: dict[str, bool]
     ends: dict[int, int]
-    stamps: dict[Coord, str]  # updated_at of every valid input
+    stamps: dict[Coord, Any]  # updated_at of every valid input
 
 
 def read_inputs(bootstrap: str, topic: str, partitions: int, expected: int) -> Inputs:
@@ -237,19 +238,19 @@ def read_inputs(bootstrap: str, topic: str, partitions: int, expected: int) -> I
     finally:
         reader.close()
     assert len(msgs) == expected, f"input topic holds {len(msgs)} records, {expected} were sent"
-    best: dict[str, tuple[str, int, Coord, bool]] = {}
+    best: dict[str, tuple[Any, int, Coord, bool]] = {}
     ends: dict[int, int] = dict.fromkeys(range(partitions), 0)
     coords = set()
-    stamps: dict[Coord, str] = {}
+    stamps: dict[Coord, Any] = {}
     for m in msgs:
         c = (m.partition(), m.offset())
         coords.add(c)
         ends[c[0]] = max(ends[c[0]], c[1] + 1)
         try:
-            body = orjson.loads(m.value())
-            pid, stamp, is_delete = body["product_id"], body["updated_at"], body["op"] == "delete"
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+            event = parse_product_event(m.value(), max_bytes=1_000_000)
+        except InvalidEvent:
             continue  # dead-lettered: no product state
+        pid, stamp, is_delete = event.product_id, event.updated_at, event.op == "delete"
         stamps[c] = stamp
         rank = (stamp, c[1])
         if pid not in best or rank > best[pid][:2]:
@@ -349,6 +350,14 @@ class Checker:
         if lost:
             fig.problems.append(f"lost offsets (first): {sorted(lost)[:10]}")
         fig.duplicates = sum(n - 1 for n in produced.values() if n > 1)
+        if fig.duplicates:
+            dups = sorted(c for c, n in produced.items() if n > 1)
+            detail = []
+            for c in dups[:3]:
+                for m in self.out.messages + self.dlq.messages:
+                    if coord_of(m) == c:
+                        detail.append((c, m.topic().rsplit(".", 1)[-1], m.partition(), m.offset()))
+            fig.notes["duplicate_coords"] = detail
         fig.skipped = len(skipped - set(produced))
         fig.dead_lettered = len({coord_of(m) for m in self.dlq.messages})
         outs = {coord_of(m): m for m in self.out.messages}
@@ -364,7 +373,7 @@ class Checker:
             if m is None or coord_of(m) != coord or (m.value() is None) != want_delete:
                 stale.append((pid, coord, coord_of(m) if m is not None else None))
         late = [s for s in stale if s[2] is not None and s[2][0] == s[1][0] and s[2][1] > s[1][1]
-                and inputs.stamps.get(s[2], "~") < inputs.stamps[s[1]]]
+                and s[2] in inputs.stamps and inputs.stamps[s[2]] < inputs.stamps[s[1]]]
         fig.stale_reprocessed = len(late)
         fig.stale = len(stale) - len(late)
         if late:

@@ -4,11 +4,16 @@
 from __future__ import annotations
 
 import signal
+import uuid
 
 import pytest
+from confluent_kafka import Producer
 
-from tests.chaos.common import Figures, Rig
+from consumer.devtools.embedded_broker import create_topics
+from tests.chaos.broker_stall import stall
+from tests.chaos.common import Figures, Rig, TopicReader
 from tests.chaos.crash_loop import kill_loop
+from tests.chaos.rebalance_storm import storm
 
 pytestmark = pytest.mark.broker
 
@@ -48,6 +53,47 @@ def test_clean_stops(rig: Rig) -> None:
 @pytest.mark.chaos
 @pytest.mark.timeout(1800)
 def test_exactly_once_crash_loop(rig: Rig) -> None:
+    """Every invariant but zero duplicates is asserted; the duplicates a read_committed reader sees are the
+    killed members' aborted transactions, which tansu does not hide (the xfail test below)."""
     fig = kill_loop(rig, kills=12, events=1500, exactly_once=True, seed=13)
-    _check(fig, zero_duplicates=True)
+    _check(fig)
     assert fig.notes["set_equal"]
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(1200)
+def test_rebalance_storm(rig: Rig) -> None:
+    _check(storm(rig, events=1500, storm_s=120))
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(1200)
+def test_broker_stall(rig: Rig) -> None:
+    fig = stall(rig, stalls=2, stall_s=20, events=800)
+    _check(fig)
+    assert fig.notes["restarts"] == 0 and fig.notes["livez_during_stall"].keys() == {200}
+
+
+# ------------------------------------------------------------------------------------ broker limitation
+@pytest.mark.xfail(strict=True, reason="tansu 0.6.0 does not hide aborted transactions from read_committed "
+                   "readers (an explicit abort_transaction's records are returned), so the exactly-once crash "
+                   "loop's read_committed reader sees the killed member's open transaction: duplicates > 0 "
+                   "there are the broker's, see docs/reliability.md")
+def test_broker_hides_aborted_transactions_from_read_committed_readers(broker) -> None:
+    topic = f"txn-{uuid.uuid4().hex[:8]}"
+    create_topics(broker.bootstrap_servers, [topic], partitions=1)
+    producer = Producer({"bootstrap.servers": broker.bootstrap_servers, "transactional.id": f"tx-{topic}"})
+    producer.init_transactions()
+    producer.begin_transaction()
+    producer.produce(topic, value=b"aborted", partition=0)
+    producer.flush()
+    producer.abort_transaction()
+    producer.begin_transaction()
+    producer.produce(topic, value=b"committed", partition=0)
+    producer.commit_transaction()
+    reader = TopicReader(broker.bootstrap_servers, topic, 1, read_committed=True)
+    try:
+        values = [m.value() for m in reader.drain(quiet_s=2.0, timeout_s=20)]
+    finally:
+        reader.close()
+    assert values == [b"committed"]
