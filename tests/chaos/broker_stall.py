@@ -62,16 +62,26 @@ def stall(base: Rig, *, stalls: int, stall_s: float, events: int, partitions: in
                     during[code] += 1
                 stop.wait(0.5)
 
-        chunk = len(work.records) // (stalls + 1)
+        gap_s = 15.0
+        duration = stalls * (stall_s + gap_s) + gap_s
+
+        def produce() -> None:  # a steady stream across the stalls (librdkafka buffers while the broker sleeps)
+            batch = 20
+            t0 = time.monotonic()
+            for n, i in enumerate(range(0, len(work.records), batch)):
+                send(rig.bootstrap, topics[0], work.records[i:i + batch])
+                stop.wait(max(0.0, t0 + (n + 1) * duration * batch / len(work.records) - time.monotonic()))
+
         try:
             member.start()
             member.wait_ready()
             pid = member.proc.pid if member.proc else None
             threading.Thread(target=probe, daemon=True).start()
+            producer = threading.Thread(target=produce)
+            producer.start()
             for s in range(stalls):
-                send(rig.bootstrap, topics[0], work.records[s * chunk:(s + 1) * chunk])
-                time.sleep(3)  # mid-stream: downloads, batches and deliveries in flight
-                before = len(checker.out.drain(quiet_s=0.3))
+                time.sleep(gap_s)  # mid-stream: downloads, batches and deliveries in flight
+                before = len(checker.out.drain(quiet_s=0.3, timeout_s=2))
                 assert broker.pid is not None
                 os.kill(broker.pid, signal.SIGSTOP)
                 stalled.set()
@@ -88,7 +98,7 @@ def stall(base: Rig, *, stalls: int, stall_s: float, events: int, partitions: in
                     fig.problems.append(f"the consumer exited during stall {s}")
                     break
                 checker.check_commit_bound(member.logs, fig)
-            send(rig.bootstrap, topics[0], work.records[stalls * chunk:])
+            producer.join()
             inputs = read_inputs(rig.bootstrap, topics[0], partitions, len(work.records))
             if not wait_committed_to_end(rig.bootstrap, group, topics[0], inputs.ends, 600):
                 fig.problems.append("did not commit to the end within 600 s")

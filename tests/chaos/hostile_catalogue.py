@@ -180,7 +180,8 @@ def table(cases: list[Case], seen: dict[str, list[str]] | None = None) -> str:
     rows = ["| # | input | kind | expected outcome | observed |", "|---|---|---|---|---|"]
     for i, case in enumerate(cases, 1):
         got = "; ".join(seen[case.name]) if seen else ""
-        rows.append(f"| {i} | {case.name} | {case.kind} | {'; '.join(case.expected)} | {got} |")
+        want = "; ".join(case.expected).replace("|", " or ")
+        rows.append(f"| {i} | {case.name} | {case.kind} | {want} | {got} |")
     return "\n".join(rows)
 
 
