@@ -51,7 +51,6 @@ def test_python_dash_m_consumer_is_the_same_cli() -> None:
 
 
 def test_check_config_masks_secrets_and_applies_env_and_flags(tmp_path, monkeypatch) -> None:
-    (tmp_path / "manifest.json").write_text("{}")
     monkeypatch.setenv("ENRICH_SECURITY_PROTOCOL", "SASL_SSL")
     monkeypatch.setenv("ENRICH_SASL_MECHANISM", "SCRAM-SHA-512")
     monkeypatch.setenv("ENRICH_SASL_USERNAME", "enrich")
@@ -59,7 +58,8 @@ def test_check_config_masks_secrets_and_applies_env_and_flags(tmp_path, monkeypa
     monkeypatch.setenv("ENRICH_FETCH__TOTAL_TIMEOUT_S", "5")
     monkeypatch.setenv("ENRICH_GROUP_ID", "from-env")
     result = runner.invoke(
-        app, ["check-config", "--bundle", str(tmp_path), "--group-id", "from-flag", "-X", "ssl.key.password=k3y"]
+        app, ["check-config", "--no-check-bundle", "--bundle", str(tmp_path), "--group-id", "from-flag",
+              "-X", "ssl.key.password=k3y"]
     )
     assert result.exit_code == 0, result.output
     assert "hunter2" not in result.output and "k3y" not in result.output

@@ -78,12 +78,12 @@ def test_every_document_is_a_kind_we_check() -> None:
     assert {"Deployment", "Service", "PodDisruptionBudget", "ConfigMap", "Secret"} <= {k for _, k in kinds}
 
 
-def test_kustomization_lists_everything_but_the_example_secret() -> None:
+def test_kustomization_lists_everything_but_the_example_secret_and_the_replay_job() -> None:
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     assert kustomization["apiVersion"] == "kustomize.config.k8s.io/v1beta1"
     resources = set(kustomization["resources"])
     on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
-    assert resources == on_disk - {"secret.example.yaml"}
+    assert resources == on_disk - {"secret.example.yaml", "replay-job.yaml"}  # the Job: created per rollout
     assert _one("Secret")["metadata"]["name"] == "enrich-kafka"
 
 
@@ -292,3 +292,43 @@ def test_dockerfile_contract() -> None:
         path = copied.rstrip("/")
         if not path.startswith("$"):
             assert (ROOT / path).exists(), f"Dockerfile copies missing {path}"
+
+
+# --- replay Job ----------------------------------------------------------------------------------------
+
+
+def test_replay_job_runs_enrich_replay_as_its_own_group_and_fails_fast_on_bad_config() -> None:
+    import typer
+
+    from consumer.cli import app
+
+    job = _one("Job", "enrich-replay")
+    spec = job["spec"]
+    pod = spec["template"]["spec"]
+    container = pod["containers"][0]
+    args = container["args"]
+    assert args[0] == "replay" and "--from-beginning" in args
+    assert not any(a.startswith(("--replay-group", "--group-id")) for a in args)  # <group>-replay-<version>
+    command = typer.main.get_command(app).commands["replay"]  # type: ignore[attr-defined]
+    flags = {opt for param in command.params for opt in param.opts}
+    for arg in args[1:]:
+        assert arg.split("=")[0] in flags, arg  # every flag is one the command has
+    options = dict(a.removeprefix("--").split("=", 1) for a in args[1:] if "=" in a)
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    bundle = mounts[options["bundle"]]
+    assert bundle["readOnly"] is True
+    assert volumes[bundle["name"]]["persistentVolumeClaim"]["claimName"] != _one("PersistentVolumeClaim")[
+        "metadata"]["name"]  # the new bundle, next to the serving one
+    assert options["output-topic"] != CONFIG["ENRICH_OUTPUT_TOPIC"]  # as shipped: a shadow replay
+    assert spec["parallelism"] == 1 and pod["restartPolicy"] == "Never"
+    fail = [r for r in spec["podFailurePolicy"]["rules"] if r["action"] == "FailJob"]
+    assert fail[0]["onExitCodes"]["values"] == [2, 3] and fail[0]["onExitCodes"]["containerName"] == container["name"]
+    labels = spec["template"]["metadata"]["labels"]
+    selector = DEPLOYMENT["spec"]["selector"]["matchLabels"]
+    assert not all(labels.get(k) == v for k, v in selector.items())  # not counted by the PDB / Service
+    assert container["envFrom"] == CONTAINER["envFrom"]
+    assert all(_settings_field_exists(e["name"]) for e in container["env"] if e["name"].startswith("ENRICH_"))
+    assert pod["terminationGracePeriodSeconds"] >= float(CONFIG["ENRICH_SHUTDOWN_GRACE_S"]) + 5
+    assert container["securityContext"] == CONTAINER["securityContext"]
+    assert pod["securityContext"] == POD["securityContext"]
