@@ -30,11 +30,11 @@ def _check(fig: Figures, *, zero_duplicates: bool = False) -> None:
 
 # ------------------------------------------------------------------------------------ short (make test)
 def test_crash_loop_short(rig: Rig) -> None:
-    _check(kill_loop(rig, kills=3, events=300, max_gap_s=3.0))
+    _check(kill_loop(rig, kills=3, events=240, max_gap_s=2.5))
 
 
 def test_clean_stops_short(rig: Rig) -> None:
-    _check(kill_loop(rig, kills=2, events=200, sig=signal.SIGTERM, max_gap_s=3.0), zero_duplicates=True)
+    _check(kill_loop(rig, kills=2, events=160, sig=signal.SIGTERM, max_gap_s=2.5), zero_duplicates=True)
 
 
 # ------------------------------------------------------------------------------------ full (make chaos)
