@@ -191,6 +191,10 @@ def test_replay_killed_halfway_resumes_from_its_commits_without_loss(
     s = summary(log2)
     assert s["plan"]["resumed"] is True
     assert s["plan"]["partitions"] == first_plan["partitions"]  # the first run's end offsets, kept
+    resumed_at = {int(p): o for p, o in s["plan"]["position"].items()}  # the first run's commits
+    plan = {int(p): v for p, v in s["plan"]["partitions"].items()}
+    assert any(resumed_at[p] > plan[p]["start"] for p in plan), resumed_at  # resumed part-way, not from scratch
+    assert any(resumed_at[p] < plan[p]["end"] for p in plan), resumed_at
     out = read_all(broker.bootstrap_servers, topics[1], expected=len(keep))
     got = source_coordinates(out)
     assert set(got) >= keep  # no loss
