@@ -44,6 +44,7 @@ lint: install
 
 chaos: install
 	$(BIN)/pytest -q -s -m chaos tests/chaos $(PYTEST_ARGS)
+	$(BIN)/pytest -q -s tests/chaos/test_hostile_catalogue.py $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python bench/bench_pipeline.py
