@@ -135,7 +135,7 @@ def scan(
     from_ms: int | None = None,
     to_ms: int | None = None,
     fixed_end: dict[int, int] | None = None,
-    timeout_s: float = 600.0,
+    timeout_s: float = 6 * 3600.0,
 ) -> ReplayPlan:
     """Read ``topic`` from its beginning to each partition's end (EOF) and make the plan.
 
@@ -155,6 +155,7 @@ def scan(
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         remaining = set(partitions)
         eof: dict[int, int] = dict.fromkeys(partitions, 0)
+        last: dict[int, int] = {}  # last data offset read + 1 (an EOF past it is transaction markers)
         first: dict[int, int] = {}  # first offset read (the low watermark, as far as reading tells)
         start: dict[int, int] = {}  # first offset stamped >= from_ms
         cut: dict[int, int] = {}  # first offset stamped > to_ms
@@ -179,7 +180,7 @@ def scan(
                     continue
                 o = msg.offset()
                 scanned += 1
-                eof[p] = max(eof[p], o + 1)
+                last[p] = o + 1
                 first.setdefault(p, o)
                 kind, ts = msg.timestamp()
                 if from_ms is not None and p not in start and (kind == 0 or ts >= from_ms):
@@ -196,6 +197,9 @@ def scan(
                         first_in[product] = (p, o)
     finally:
         consumer.close()
+    # the end: after the last data record (the streaming core commits last offset + 1, never past trailing
+    # transaction markers), or the EOF position of a partition with no data
+    eof = {p: last.get(p, eof[p]) for p in partitions}
     plan_start = {p: start.get(p, eof[p]) if from_ms is not None else first.get(p, eof[p]) for p in partitions}
     if fixed_end is not None:
         plan_end = {p: fixed_end.get(p, plan_start[p]) for p in partitions}

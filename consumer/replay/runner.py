@@ -113,6 +113,12 @@ async def run_replay(settings: Settings, options: ReplayOptions, bundle: Any | N
     watch: LiveWatch | None = None
     processor: StreamProcessor | None = None
     progress: ReplayProgress | None = None
+    async def alive() -> None:  # /livez while the plan scan and the bundle load run (the poll loop beats later)
+        while True:
+            health.beat()
+            await asyncio.sleep(1.0)
+
+    beating = asyncio.create_task(alive(), name="replay-start-heartbeat")
     try:
         plan = await asyncio.to_thread(prepare, kafka, settings.input_topic, settings.group_id,
                                        from_ms=options.from_ms, to_ms=options.to_ms)
@@ -153,6 +159,7 @@ async def run_replay(settings: Settings, options: ReplayOptions, bundle: Any | N
                 return _done(plan, pipeline, last)
 
             processor = StreamProcessor(settings, pipeline, health, done=done)
+            beating.cancel()
             progress = ReplayProgress(plan, terminal=options.progress, log_every_s=options.progress_log_every_s)
 
             async def report() -> None:
@@ -176,6 +183,7 @@ async def run_replay(settings: Settings, options: ReplayOptions, bundle: Any | N
         log.exception("fatal error", error=f"{type(exc).__name__}: {exc}")
         exit_code = EXIT_FATAL
     finally:
+        beating.cancel()
         if watch is not None:
             watch.stop()
         await runner.cleanup()
