@@ -46,6 +46,15 @@ def _send(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]],
     assert producer.flush(30) == 0
 
 
+def _wait_for_line(log: Path, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and text in log.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no {text!r} line:\n{tail(log)}")
+
+
 def _keyed(events: list[dict]) -> list[tuple[bytes, bytes]]:
     return [(e["product_id"].encode(), orjson.dumps(e)) for e in events]
 
@@ -167,15 +176,23 @@ def test_partition_revoked_while_paused_is_fetched_again_when_assigned_back(
         while not other.assignment() and time.monotonic() < deadline:
             other.poll(0.2)
         assert other.assignment(), tail(log)
+        taken = other.assignment()[0].partition
         other.pause(other.assignment())  # never read, never commit
         for _ in range(10):
             other.poll(0.2)
         server.delay_s.clear()
         time.sleep(7)  # the slow events finish; the member resumes what it holds
         other.close()  # the partition goes back to the service
+        back = f'"{topics[0]}/{taken}"'
+        deadline = time.monotonic() + 60  # the partition is assigned to the service a second time
+        while time.monotonic() < deadline and sum(
+            '"partitions assigned"' in line and back in line for line in log.read_text(errors="replace").splitlines()
+        ) < 2:
+            time.sleep(0.2)
+        # new events only on the partition that came back: nothing else could make the member pause and
+        # resume again (which would clear a stale pause flag by accident)
         later = events_from_catalog(products[8:20], server.base_url)
-        for i, p in enumerate((0, 1) * 6):
-            _send(broker.bootstrap_servers, topics[0], _keyed([later[i]]), partition=p)
+        _send(broker.bootstrap_servers, topics[0], _keyed(later), partition=taken)
         outputs = read_all(broker.bootstrap_servers, topics[1], expected=len(first) + len(later), timeout=120)
         proc.send_signal(signal.SIGTERM)
         assert wait_exit(proc, 60, log) == 0, tail(log)
@@ -244,17 +261,19 @@ def test_two_exactly_once_members_neither_fence_each_other_nor_duplicate(
     _send(broker.bootstrap_servers, topics[0], _keyed(events[:60]))
     base = {"ENRICH_EXACTLY_ONCE": "true", "ENRICH_SHUTDOWN_GRACE_S": 10}
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
-    a = start_enrich(enrich_env(broker.bootstrap_servers, topics, tiny_bundle, group, POD_NAME="pod-a", **base),
-                     log_a, "--idle-exit-s", "6")
+    a = start_enrich(enrich_env(broker.bootstrap_servers, topics, tiny_bundle, group, POD_NAME="pod-a", **base), log_a)
     assert len(read_all(broker.bootstrap_servers, topics[1], expected=10, timeout=120)) >= 10, tail(log_a)
-    b = start_enrich(enrich_env(broker.bootstrap_servers, topics, tiny_bundle, group, POD_NAME="pod-b", **base),
-                     log_b, "--idle-exit-s", "6")
+    b = start_enrich(enrich_env(broker.bootstrap_servers, topics, tiny_bundle, group, POD_NAME="pod-b", **base), log_b)
+    _wait_for_line(log_b, "partitions assigned", 120)  # both members hold a partition (and a producer)
     for start in range(60, len(events), 20):
         _send(broker.bootstrap_servers, topics[0], _keyed(events[start : start + 20]))
         time.sleep(0.5)
-    assert wait_exit(a, 240, log_a) == 0, tail(log_a)
-    assert wait_exit(b, 240, log_b) == 0, tail(log_b)
-    outputs = read_all(broker.bootstrap_servers, topics[1], expected=len(events), timeout=60)  # read_committed
+    outputs = read_all(broker.bootstrap_servers, topics[1], expected=len(events), timeout=180)  # read_committed
+    for proc, log in ((a, log_a), (b, log_b)):
+        assert proc.poll() is None, f"a member died while the other one ran:\n{tail(log)}"
+        proc.send_signal(signal.SIGTERM)
+    assert wait_exit(a, 60, log_a) == 0, tail(log_a)
+    assert wait_exit(b, 60, log_b) == 0, tail(log_b)
     counts = Counter(source_coordinates(outputs))
     assert [c for c, n in counts.items() if n > 1] == [], "duplicates visible to a read_committed reader"
     ends = end_offsets(broker.bootstrap_servers, topics[0], expected=len(events))
@@ -262,4 +281,5 @@ def test_two_exactly_once_members_neither_fence_each_other_nor_duplicate(
     for log in (log_a, log_b):
         text = log.read_text(errors="replace")
         assert "fenced" not in text.lower(), tail(log)
-    assert "partitions assigned" in log_b.read_text()
+        stopped = [orjson.loads(line) for line in text.splitlines() if '"event": "stopped"' in line]
+        assert stopped and stopped[-1]["enriched"] > 0, f"a member did no work:\n{tail(log)}"
