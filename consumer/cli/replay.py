@@ -46,8 +46,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
         f"{summary.get('model', {}).get('version')} -> {summary['output_topic']}; {summary['enriched']} enriched, "
         f"{summary['tombstones']} tombstones, {summary['dead_lettered']} dead-lettered, skipped "
         f"{sum(summary['skipped'].values())} of {plan.get('events_in_range')} inputs in range "
-        f"in {summary['seconds']} s "
-        f"({summary['rate_per_s']} events/s); exit {summary['exit_code']}"
+        f"in {summary['seconds']} s ({summary['rate_per_s']} outputs/s over {summary.get('processing_seconds')} s "
+        f"of processing); exit {summary['exit_code']}"
     )
 
 
@@ -150,7 +150,13 @@ def register(app: typer.Typer) -> None:
             from consumer.replay.compare import dry_run as run_dry
 
             assert compare_to is not None
-            result = asyncio.run(run_dry(settings, compare_to, from_ms=from_ms, to_ms=to_ms))
+            if Path(compare_to).is_dir():
+                verified_version(Path(compare_to))
+            try:
+                result = asyncio.run(run_dry(settings, compare_to, from_ms=from_ms, to_ms=to_ms))
+            except Exception as exc:  # e.g. an unknown topic: one clear line, not a traceback
+                typer.secho(f"dry run failed: {type(exc).__name__}: {exc}", fg="red", err=True)
+                raise typer.Exit(1) from exc
             from consumer.replay.compare import print_table, write_report
 
             print_table(result)

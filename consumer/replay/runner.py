@@ -169,12 +169,14 @@ async def run_replay(settings: Settings, options: ReplayOptions, bundle: Any | N
                     progress.update({**plan.position, **last})
 
             reporter = asyncio.create_task(report(), name="replay-progress")
+            processing_started = time.monotonic()
             try:
                 exit_code = await processor.run()
             finally:
                 reporter.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await reporter
+            summary["processing_seconds"] = round(time.monotonic() - processing_started, 2)
             final = {**plan.position, **last}
             progress.close(final)
             summary["positions"] = {str(p): o for p, o in sorted(final.items())}
@@ -194,7 +196,8 @@ async def run_replay(settings: Settings, options: ReplayOptions, bundle: Any | N
         exit_code=exit_code, seconds=round(elapsed, 2), events_in=counts.get("in", 0),
         enriched=counts.get("enriched", 0), tombstones=counts.get("tombstones", 0),
         dead_lettered=counts.get("dead_lettered", 0), skipped=dict(sorted(skips.items())),
-        rate_per_s=round(answered / elapsed, 2) if elapsed > 0 else None,
+        # outputs per second while the processor ran (the plan scan and the bundle load excluded)
+        rate_per_s=round(answered / summary["processing_seconds"], 2) if summary.get("processing_seconds") else None,
         live_updates_seen=len(watch.seen) if watch is not None else 0,
     )
     log.info("replay summary", **summary)
