@@ -228,7 +228,9 @@ class StreamProcessor:
             await self._apply_pause(self._backpressure)
             room = max(1, min(s.max_in_flight - in_flight, 500))
             messages: list[Message] = await self._kafka_call(self._consumer.consume, room, 0.1)
-            if messages:
+            if messages or in_flight or self._backpressure:
+                # idle = nothing received *and* nothing in flight: time spent paused behind slow work is not
+                # idle (else the first empty poll after a resume ends a run with its backlog unread)
                 self._last_activity = time.monotonic()
             for message in messages:
                 self._accept(message)
