@@ -21,7 +21,9 @@ from typing import Any
 import orjson
 import pytest
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from typer.testing import CliRunner
 
+from consumer.cli import app
 from consumer.devtools.embedded_broker import create_topics
 from consumer.devtools.produce import events_from_catalog
 from models.catalog.kaggle import read_catalog
@@ -361,15 +363,24 @@ def test_a_tampered_bundle_is_refused_by_replay_run_and_check_config(tiny_bundle
     shutil.copytree(tiny_bundle, cut)
     weights = cut / "weights.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    env = enrich_env("127.0.0.1:1", ("a", "b", "c"), edited, "g")
+    result = subprocess.run([sys.executable, "-m", "consumer", "replay", "--bundle", str(edited), "--from-beginning"],
+                            capture_output=True, text=True, timeout=120, cwd=REPO, env=env)  # as a process
+    assert result.returncode == 2 and "bundle refused" in result.stderr and "does not match" in result.stderr
+    cli = CliRunner()
     for bad in (edited, cut):
         with pytest.raises(BundleVerificationError, match="does not match"):
             verify_bundle(bad)
         for args in (["replay", "--bundle", str(bad), "--from-beginning"], ["run", "--bundle", str(bad)],
                      ["check-config", "--bundle", str(bad)]):
-            result = subprocess.run([sys.executable, "-m", "consumer", *args], capture_output=True, text=True,
-                                    timeout=120, cwd=REPO, env={**enrich_env("127.0.0.1:1", ("a", "b", "c"), bad, "g")})
-            assert result.returncode == 2, (args, result.stdout[-2000:], result.stderr[-2000:])
-            assert "bundle refused" in result.stderr and "does not match" in result.stderr
+            got = cli.invoke(app, args, env={"ENRICH_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+            assert got.exit_code == 2, (args, got.output[-2000:])
+            assert "bundle refused" in got.output and "does not match" in got.output
+    same_group = subprocess.run(  # the replay never joins the live group
+        [sys.executable, "-m", "consumer", "replay", "--bundle", str(tiny_bundle), "--from-beginning",
+         "--replay-group", "g"], capture_output=True, text=True, timeout=120, cwd=REPO,
+        env=enrich_env("127.0.0.1:1", ("a", "b", "c"), tiny_bundle, "g"))
+    assert same_group.returncode == 2 and "live group" in same_group.stderr
     with pytest.raises(BundleVerificationError, match="does not match"):
         from models.bundle import Bundle
 
