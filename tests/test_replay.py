@@ -226,7 +226,9 @@ def test_from_and_to_timestamp_start_and_stop_at_the_right_offsets(
 
     log = tmp_path / "replay.log"
     to_iso = datetime.fromtimestamp(window[1] / 1000, UTC).isoformat(timespec="milliseconds")  # both forms
-    args = ("--bundle", str(tiny_bundle), "--from-timestamp", str(window[0]), "--to-timestamp", to_iso)
+    group = "r-" + topics[0]
+    args = ("--bundle", str(tiny_bundle), "--from-timestamp", str(window[0]), "--to-timestamp", to_iso,
+            "--replay-group", group)
     assert finish(start_replay(replay_env(broker, topics, tiny_bundle), log, *args), log) == 0, tail(log)
     s = summary(log)
     for p, v in s["plan"]["partitions"].items():
@@ -235,6 +237,11 @@ def test_from_and_to_timestamp_start_and_stop_at_the_right_offsets(
     assert s["plan"]["products_newer_past_end"] == 1
     out = read_all(broker.bootstrap_servers, topics[1], expected=14)
     assert sorted(source_coordinates(out)) == sorted(c for c in in_b if c != updated)
+
+    other = tmp_path / "other.log"  # the same group asked for another range: refused, never a mixed resume
+    proc = start_replay(replay_env(broker, topics, tiny_bundle), other, "--bundle", str(tiny_bundle),
+                        "--from-timestamp", str(window[0] - 1), "--to-timestamp", to_iso, "--replay-group", group)
+    assert finish(proc, other) == 2 and "a replay of another range" in other.read_text(), tail(other)
 
 
 def test_max_rate_holds_the_rate_within_ten_percent(

@@ -83,7 +83,8 @@ def register(app: typer.Typer) -> None:
         dead_letter_topic: DeadLetterTopic = None,
         group_id: GroupId = None,
         replay_group: Annotated[
-            str | None, typer.Option(help="The replay's consumer group [<group-id>-replay-<bundle version>].")
+            str | None, typer.Option(help="The replay's consumer group [<group-id>-replay-<bundle version>, "
+                                          "plus -<from ms>-<to ms> for a time range].")
         ] = None,
         max_rate: Annotated[
             float | None, typer.Option(min=0.001, help="At most this many events per second enriched [no limit].")
@@ -134,7 +135,9 @@ def register(app: typer.Typer) -> None:
             device=device, http_port=http_port, log_format=log_format, log_level=log_level,
         )
         version = verified_version(settings.bundle)
-        group = replay_group or f"{settings.group_id}-replay-{version}"
+        # a time range gets a group of its own: a group's commits mean nothing for another range
+        span = "" if from_ms is None and to_ms is None else f"-{from_ms or 'start'}-{to_ms or 'end'}"
+        group = replay_group or f"{settings.group_id}-replay-{version}{span}"
         if group == settings.group_id:
             typer.secho(f"the replay group must not be the live group {group!r}", fg="red", err=True)
             raise typer.Exit(2)

@@ -19,7 +19,8 @@ offset stamped ``> T2`` (Kafka's ``offsets_for_times`` semantics, found by readi
 timestamp lookup with the first offset). The read parses only ``product_id`` and ``updated_at``; no images,
 no models: a small fraction of the replay's own cost.
 
-Restart: the end offsets are committed at the first start under the group ``<replay group>.plan`` and
+Restart: the end offsets are committed at the first start under the group ``<replay group>.plan.<hash of
+the range>`` and
 read back on a restart (so a restarted replay stops where the first one would have); the start offsets are
 committed for the replay group itself where it has no commit yet, so the streaming core simply resumes from
 the replay group's commits.
@@ -27,6 +28,7 @@ the replay group's commits.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -221,6 +223,10 @@ def scan(
 
 
 # ------------------------------------------------------------------------------------------ persistence
+class PlanMismatch(ValueError):
+    """The replay group holds the plan of a replay with another range (``--replay-group`` names a new one)."""
+
+
 def _committed(kafka: dict[str, Any], group: str, topic: str, partitions: list[int]) -> dict[int, int]:
     consumer = Consumer({**kafka, "group.id": group, "enable.auto.commit": False})
     try:
@@ -241,9 +247,14 @@ def _commit(kafka: dict[str, Any], group: str, topic: str, offsets: dict[int, in
         consumer.close()
 
 
-def plan_group(group: str) -> str:
-    """The group whose committed offsets hold a replay's end offsets."""
-    return f"{group}.plan"
+def plan_group(group: str, from_ms: int | None = None, to_ms: int | None = None) -> str:
+    """The group whose committed offsets hold the end offsets of a replay with this range.
+
+    The range is in the name (a hash of it): commit metadata would carry it on Kafka, but not every broker
+    keeps it (tansu drops it), and a name survives any broker.
+    """
+    digest = hashlib.sha256(orjson.dumps({"from_ms": from_ms, "to_ms": to_ms})).hexdigest()[:12]
+    return f"{group}.plan.{digest}"
 
 
 def prepare(
@@ -257,7 +268,7 @@ def prepare(
 ) -> ReplayPlan:
     """The plan of a replay under ``group``: a fresh one, or the one a crashed run left (its end offsets).
 
-    ``persist``: commit the end offsets (group ``<group>.plan``) and, where the replay group has no commit
+    ``persist``: commit the end offsets (group :func:`plan_group`) and, where the replay group has no commit
     yet, the start offsets (group ``<group>``), so the streaming core starts and resumes there.
     """
     consumer = Consumer({**kafka, "group.id": group, "enable.auto.commit": False})
@@ -265,12 +276,18 @@ def prepare(
         partitions = _partitions(consumer, topic)
     finally:
         consumer.close()
-    saved_end = _committed(kafka, plan_group(group), topic, partitions) if persist else {}
-    fixed = saved_end if saved_end and set(saved_end) == set(partitions) else None
+    ends_group = plan_group(group, from_ms, to_ms)
+    saved = _committed(kafka, ends_group, topic, partitions) if persist else {}
+    fixed = saved if saved and set(saved) == set(partitions) else None
+    if persist and fixed is None and _committed(kafka, group, topic, partitions):
+        # the plan is committed before the replay group's first commit: commits without this range's plan
+        # are another range's replay, whose positions mean nothing for this one
+        raise PlanMismatch(f"the replay group {group!r} holds the positions of a replay of another range "
+                           f"(from_ms={from_ms}, to_ms={to_ms} asked); name a new group with --replay-group")
     plan = scan(kafka, topic, from_ms=from_ms, to_ms=to_ms, fixed_end=fixed)
     if persist:
         if fixed is None:
-            _commit(kafka, plan_group(group), topic, plan.end)
+            _commit(kafka, ends_group, topic, plan.end)
         positions = _committed(kafka, group, topic, partitions)
         missing = {p: plan.start[p] for p in partitions if p not in positions}
         _commit(kafka, group, topic, missing)

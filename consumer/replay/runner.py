@@ -23,7 +23,7 @@ from consumer.ops import metrics
 from consumer.ops.health import HealthState, start_health_server
 from consumer.ops.logs import get_logger
 from consumer.ops.settings import Settings
-from consumer.replay.plan import ReplayPlan, prepare
+from consumer.replay.plan import PlanMismatch, ReplayPlan, prepare
 from consumer.replay.progress import ReplayProgress, positions_of
 from consumer.replay.throttle import TokenBucket
 from consumer.replay.watch import LiveWatch
@@ -34,6 +34,9 @@ from consumer.stream.pipeline import Inbound, Pipeline
 from consumer.stream.processor import EXIT_FATAL, EXIT_OK, StreamProcessor
 
 log = get_logger("enrich.replay")
+
+#: the replay group holds another range's plan (a configuration error, like `enrich run`'s exit 2)
+EXIT_CONFIG = 2
 
 
 @dataclass
@@ -181,6 +184,9 @@ async def run_replay(settings: Settings, options: ReplayOptions, bundle: Any | N
             progress.close(final)
             summary["positions"] = {str(p): o for p, o in sorted(final.items())}
             summary["complete"] = all(final.get(p, -1) >= plan.end[p] for p in plan.start)
+    except PlanMismatch as exc:
+        log.error("replay refused", error=str(exc))
+        exit_code = EXIT_CONFIG
     except Exception as exc:
         log.exception("fatal error", error=f"{type(exc).__name__}: {exc}")
         exit_code = EXIT_FATAL
