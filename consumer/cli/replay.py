@@ -6,6 +6,7 @@ Registered on the ``enrich`` app by :func:`register`; heavy imports stay inside 
 
 import asyncio
 import json
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -84,7 +85,8 @@ def register(app: typer.Typer) -> None:
         group_id: GroupId = None,
         replay_group: Annotated[
             str | None, typer.Option(help="The replay's consumer group [<group-id>-replay-<bundle version>, "
-                                          "plus -<from ms>-<to ms> for a time range].")
+                                          "plus -<from ms>-<to ms> for a time range, -<topic> for another "
+                                          "--output-topic].")
         ] = None,
         max_rate: Annotated[
             float | None, typer.Option(min=0.001, help="At most this many events per second enriched [no limit].")
@@ -134,10 +136,15 @@ def register(app: typer.Typer) -> None:
             dead_letter_topic=dead_letter_topic, group_id=group_id, bundle=bundle, kafka=_parse_kafka(kafka),
             device=device, http_port=http_port, log_format=log_format, log_level=log_level,
         )
+        from consumer.ops.settings import Settings
+
         version = verified_version(settings.bundle)
         # a time range gets a group of its own: a group's commits mean nothing for another range
         span = "" if from_ms is None and to_ms is None else f"-{from_ms or 'start'}-{to_ms or 'end'}"
-        group = replay_group or f"{settings.group_id}-replay-{version}{span}"
+        # and so does another output topic: a shadow replay's commits must not end the replay of the history
+        configured = os.environ.get("ENRICH_OUTPUT_TOPIC", Settings.model_fields["output_topic"].default)
+        shadow = "" if settings.output_topic == configured else f"-{settings.output_topic}"
+        group = replay_group or f"{settings.group_id}-replay-{version}{span}{shadow}"
         if group == settings.group_id:
             typer.secho(f"the replay group must not be the live group {group!r}", fg="red", err=True)
             raise typer.Exit(2)
