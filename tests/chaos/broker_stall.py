@@ -2,7 +2,8 @@
 here) while events are in flight, then resumed (SIGCONT); repeated. The consumer must recover by itself
 (same process, never exits), lose nothing, and `/livez` must answer 200 throughout (the poll loop keeps
 turning while the broker is away: the process is healthy, restarting it would not help). Time to recover =
-SIGCONT until the group's committed position moves again (rejoin, re-fetch, enrich, deliver, commit).
+SIGCONT until the member holds its partitions again ("partitions assigned"); also reported: SIGCONT until
+the group's committed position moves (commit_moved_s: a commit queued during the stall lands at once).
 
     python -m tests.chaos.broker_stall --stalls 2 --stall-s 20 --events 800
 
@@ -20,6 +21,9 @@ import threading
 import time
 from collections import Counter
 from dataclasses import replace
+from datetime import datetime
+
+import orjson
 
 from consumer.devtools.embedded_broker import EmbeddedBroker
 from tests.chaos.common import (
@@ -62,6 +66,8 @@ def stall(base: Rig, *, stalls: int, stall_s: float, events: int, partitions: in
                     during[code] += 1
                 stop.wait(0.5)
 
+        commit_moved: list[float] = []
+        resumes: list[float] = []
         gap_s = 15.0
         duration = stalls * (stall_s + gap_s) + gap_s
 
@@ -88,14 +94,15 @@ def stall(base: Rig, *, stalls: int, stall_s: float, events: int, partitions: in
                 time.sleep(stall_s)
                 stalled.clear()
                 os.kill(broker.pid, signal.SIGCONT)
-                t_resume = time.monotonic()
+                t_resume, wall_resume = time.monotonic(), time.time()
                 fig.faults += 1
-                while time.monotonic() - t_resume < 300:  # recovered: the committed position moves again
+                while time.monotonic() - t_resume < 300:  # the committed position moves again
                     now = committed(rig.bootstrap, group, topics[0], range(partitions))
                     if any(now[p] > before[p] for p in now):
                         break
                     time.sleep(0.25)
-                fig.recover_s.append(time.monotonic() - t_resume)
+                commit_moved.append(time.monotonic() - t_resume)
+                resumes.append(wall_resume)
                 if not member.alive():
                     fig.problems.append(f"the consumer exited during stall {s}")
                     break
@@ -119,9 +126,15 @@ def stall(base: Rig, *, stalls: int, stall_s: float, events: int, partitions: in
             checker.close()
             rig.images.delay_s.clear()
         text = member.log.read_text(errors="replace")
+        assigned = [datetime.fromisoformat(orjson.loads(line)["timestamp"]).timestamp()
+                    for line in text.splitlines() if '"partitions assigned"' in line]
+        for t in resumes:  # recovered: SIGCONT to the member holding its partitions again
+            after = [a - t for a in assigned if a >= t]
+            fig.recover_s.append(after[0] if after else float("nan"))
     if set(during) != {200}:
         fig.problems.append(f"/livez during the stalls answered {dict(during)} (want only 200)")
-    fig.notes.update(stall_s=stall_s, livez_during_stall=dict(during), livez_all=dict(livez),
+    fig.notes.update(stall_s=stall_s, commit_moved_s=[round(x, 1) for x in commit_moved],
+                     livez_during_stall=dict(during), livez_all=dict(livez),
                      lost_lines=text.count('"partitions lost: discarding'),
                      consumer_errors=text.count('"consumer error"'), restarts=len(member.logs) - 1)
     fig.wall_s = time.monotonic() - t_start
