@@ -65,7 +65,7 @@ def test_produce_consume_commit_round_trip(broker: EmbeddedBroker, sample_catalo
             if msg is not None and msg.error() is None:
                 received.append(msg)
         assert len(received) == 50
-        consumer.stream.checkpoint(asynchronous=False)
+        consumer.commit(asynchronous=False)
         committed = consumer.committed([TopicPartition(topic, p) for p in range(3)], timeout=10)
     finally:
         consumer.close()

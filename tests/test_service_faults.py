@@ -218,9 +218,9 @@ def test_metrics_and_health_endpoints_over_http(broker, tiny_bundle, sample_cata
         time.sleep(1.0)
         status, body = http_get(f"http://127.0.0.1:{port}/metrics")
         assert status == 200
-        metrics = {
-            line.split(" ")[0]: float(line.split(" ")[1]) for line in body.splitlines() if line and line[0] != "#"
-        }
+        # "name{labels} value": label values may hold spaces ("casual shoes"), the value never does
+        samples = (line.rsplit(" ", 1) for line in body.splitlines() if line and line[0] != "#")
+        metrics = {name: float(value) for name, value in samples}
         assert metrics[f'enrich_events_in_total{{topic="{topics[0]}"}}'] == 60
         assert metrics['enrich_events_out_total{kind="enriched"}'] == 60
         assert metrics['enrich_image_fetches_total{status="http_error"}'] >= 1
