@@ -147,13 +147,16 @@ class Checkpoint:
             await self.commit()
             self.policy.committed(now)
 
-    async def commit(self, partitions: set[TopicPartitionKey] | None = None) -> dict[TopicPartitionKey, int]:
-        """Commit what is complete (of ``partitions`` only in at-least-once mode; always everything in a
-        transaction, which holds outputs of every partition). Returns the committed offsets."""
+    async def commit(self) -> dict[TopicPartitionKey, int]:
+        """Commit what is complete in every owned partition; returns the committed offsets.
+
+        (A revoke in at-least-once mode commits its partitions on the kafka thread itself, inside the
+        callback, with :func:`commit_offsets`; a transaction always holds every partition's outputs.)
+        """
         async with self._lock:
             if self.transactional:
                 return await self._commit_transaction()
-            states = [s for s in self._states() if partitions is None or s.tp in partitions]
+            states = list(self._states())
             offsets = committable(states)
             if not offsets:
                 return {}
