@@ -157,6 +157,7 @@ def evaluate_command(
     progress: bool = True,
     against: str | None = None,
     photo_shape: str | None = None,
+    years: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a bundle on a Kaggle-format catalog; returns (and optionally writes) the JSON report.
 
@@ -183,6 +184,9 @@ def evaluate_command(
       --photo-shape squash|letterbox  serve every photo at the retailer's 3:4 shape first: un-squashed (the
                                    preprocess squashes it back) or letterboxed into a white square (the
                                    photo-shape shift check; report key ``catalog.photo_shape``)
+      --years LIST                 only products of these catalogue years, e.g. 2012,2015-2017 (the year
+                                   shift inside a split: years few training photos come from; report key
+                                   ``catalog.years``)
 
     Rows scored: the bundle's own split (``split`` in its manifest: the product-id hash, or ``year`` for a
     bundle trained on the time split, whose test rows are the latest catalogue years).
@@ -208,6 +212,9 @@ def evaluate_command(
     if split == "auto":
         split = "test" if str(cat_path.resolve()) in _training_catalogs(b) else "all"
     rows = products if split == "all" else [p for p in products if spec.of(p.id, p.year) == split]
+    if years:
+        wanted_years = parse_years(years)
+        rows = [p for p in rows if p.year in wanted_years]
     if max_products:
         rows = rows[:max_products]
     words = _color_words(b) if strip_color_words else set()
@@ -300,7 +307,7 @@ def evaluate_command(
     report["catalog"] = {"path": str(cat_path), "split": split, "rows": len(rows),
                          "with_image": int(has_img.sum()), "with_text": int(has_txt.sum()),
                          "strip_color_words": strip_color_words, "photo_shape": photo_shape,
-                         "split_method": spec.method}
+                         "split_method": spec.method, "years": years}
     report["seconds"] = round(time.monotonic() - t0, 1)
     plot_dir = Path(plots) if plots else (Path(json_out).with_name(Path(json_out).stem + "_plots")
                                           if json_out else None)
@@ -311,6 +318,17 @@ def evaluate_command(
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(json_out).write_text(json.dumps(report, indent=2))
     return report
+
+
+def parse_years(text: str) -> frozenset[int]:
+    """``"2012,2015-2017"`` -> {2012, 2015, 2016, 2017}; anything else is a ``ValueError`` naming the part."""
+    out: set[int] = set()
+    for part in (x.strip() for x in text.split(",")):
+        lo, dash, hi = part.partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()) or (dash and int(hi) < int(lo)):
+            raise ValueError(f"years: {part!r} is not a year or a range like 2015-2017")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return frozenset(out)
 
 
 def _training_catalogs(b: Bundle) -> list[str]:

@@ -26,7 +26,7 @@ import logging
 import math
 import textwrap
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from models.augment import PhotoAugment, PhotoShape
 from models.bundle import resolve_device, save_bundle
-from models.data import Product, SplitSpec, read_catalog, sample_products
+from models.data import Product, SplitSpec, common_years, read_catalog, sample_products
 from models.image_model import ImagePreprocess, MultiTaskImageModel, build_backbone
 from models.multitask import MultiDatasetSampler, masked_multitask_loss
 from models.taxonomy import KAGGLE_COLUMNS, Taxonomy, check_attribute_names
@@ -275,8 +275,10 @@ def train_command(config: TrainConfig | None = None, /, **options: Any) -> dict[
     unmentioned = unmentioned_text_probs(text_model, tokenizer, cfg.text_max_len, data["val"], taxonomy, wide, dev,
                                          mention_attrs, progress=cfg.progress)
     t_unmentioned = time.monotonic() - t_u
+    year_groups, year_fold = _year_groups(catalogs, data["train"]) if cfg.year_fold else ({}, None)
     ensemble, thresholds, val_metrics, text_fusion, drift = fit_ensemble(
-        models, data["val"], taxonomy, dev, cfg.target_precision, wide=wide, unmentioned=unmentioned
+        models, data["val"], taxonomy, dev, cfg.target_precision, wide=wide, unmentioned=unmentioned,
+        year_groups=year_groups,
     )
     version = save_bundle(
         out_dir, name=cfg.name, taxonomy=taxonomy, image_model=image_model, image_preprocess=preprocess,
@@ -287,6 +289,7 @@ def train_command(config: TrainConfig | None = None, /, **options: Any) -> dict[
             "split": split_spec.to_json(),
             "drift": drift,
             "photo_shapes": {"trained": shapes, "shift_folds": folds},
+            "year_fold": year_fold,
             "mention_words": {a: sorted(u.words) for a, u in unmentioned.items()},
             "training": {
                 "catalogs": [str(c) for c in cfg.catalog], "epochs_run": len(history), "history": history,
@@ -308,6 +311,20 @@ def train_command(config: TrainConfig | None = None, /, **options: Any) -> dict[
                "seconds": round(time.monotonic() - t0, 1), "epochs_run": len(history),
                "validation": val_metrics}
     return summary
+
+
+def _year_groups(catalogs: Sequence[Mapping[str, Sequence[Product]]], train: Sequence[TaskData]
+                 ) -> tuple[dict[tuple[int, str], str], dict[str, Any]]:
+    """The validation products of rare catalogue years (``models.data.common_years`` of the years the training
+    photos come from), keyed as the fusion fit keys rows, and the manifest's ``year_fold`` record."""
+    year_of = {(ci, p.id): p.year for ci, c in enumerate(catalogs) for s in c.values() for p in s}
+    common = common_years(year_of.get((d.catalog, i)) for d in train if d.kind == "image" for i in d.ids)
+    groups = {(ci, p.id): "rare-year" for ci, c in enumerate(catalogs) for p in c["val"]
+              if common and p.year is not None and p.year not in common}
+    n_val = sum(len(c["val"]) for c in catalogs)
+    log.info("year fold: common photo years %s, %d of %d validation products from other years",
+             sorted(common), len(groups), n_val)
+    return groups, {"common_years": sorted(common), "rare_year_products": len(groups), "val_products": n_val}
 
 
 if train_command.__doc__:  # the flag list, generated from TrainConfig (one declaration of every option)

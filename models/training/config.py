@@ -57,6 +57,10 @@ class TrainConfig:
         "photo shapes under which the validation photos are cached too: model selection, the fusion (never more "
         "than one product below its best single source in any of them) and the thresholds are fitted on these "
         'shifted folds next to the photos as they are; "" for none'))
+    year_fold: bool = field(default=True, metadata=_m(
+        "validation products from catalogue years that few training photos come from (outside the most common "
+        "years holding half of them) form a shifted fold of their own: the fusion is never more than one product "
+        "below its best single source on them either (the year shift inside a random split)"))
     split: str = field(default="hash", metadata=_m(
         "hash: products split 80/10/10 by a seeded hash of the id; year: by catalogue year (train before the "
         "first of --split-years, validate up to the second, test from it), a split that looks like the future"))

@@ -89,9 +89,15 @@ def unmentioned_text_probs(text_model: MultiTaskTextModel, tokenizer: Any, max_l
     return out
 
 
+def _group(view: str, year_group: str) -> str:
+    """A fusion row's group for ``select_pool``: its photo version, and its year group when it has one."""
+    return (view or "as-is") + (f"/{year_group}" if year_group else "")
+
+
 def fit_ensemble(models: Mapping[str, torch.nn.Module], val: Sequence[TaskData], taxonomy: Taxonomy,
                  device: torch.device, target_precision: float, wide: WideTextModel | None = None,
                  unmentioned: Mapping[str, Unmentioned] | None = None,
+                 year_groups: Mapping[tuple[int, str], str] | None = None,
                  ) -> tuple[Ensemble, dict[str, dict[str, float]], dict[str, Any], dict[str, PoolParams],
                             dict[str, dict[str, Any]]]:
     """Fit the text pool and the fusion per attribute and mode on validation data, choose thresholds.
@@ -111,9 +117,16 @@ def fit_ensemble(models: Mapping[str, torch.nn.Module], val: Sequence[TaskData],
     contains the photo-shape shift. ``drift`` is, per attribute, the image-text agreement band the serving
     drift guard compares against (``models.drift.agreement_band``).
 
+    ``year_groups`` names the validation products of rare catalogue years (``{(catalog, id): "rare-year"}``,
+    see ``models.data.common_years``): every fit's rows are grouped by photo version *and* this, so a pool
+    that wins on the common years but loses to its best single source on the rare ones is not chosen (the
+    text pool of BERT + wide, too). What a random split hides: the photo model learnt season from the years
+    most photos come from.
+
     Returns ``(ensemble, thresholds, metrics, text_fusion, drift)``.
     """
     names = taxonomy.names
+    yg = dict(year_groups or {})
     tprobs: dict[tuple[int, str], tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]] = {}
     iprobs: dict[tuple[int, str], dict[str, np.ndarray]] = {}  # the photos as they are
     shifted: dict[tuple[int, str], dict[str, dict[str, np.ndarray]]] = {}  # {key: {view: probs}}
@@ -147,7 +160,7 @@ def fit_ensemble(models: Mapping[str, torch.nn.Module], val: Sequence[TaskData],
             y = np.array([labels[k][j] for k in keys_t])
             pb = np.stack([tprobs[k][1][a] for k in keys_t])
             pw = np.stack([tprobs[k][2][a] for k in keys_t])
-            sel = select_pool([pb, pw], y, ["bert", "wide"])
+            sel = select_pool([pb, pw], y, ["bert", "wide"], groups=[yg.get(k, "") for k in keys_t])
             text_fusion[a] = sel.params
             unl = [k for k in served if labels[k][j] < 0]
             served.update({k: sel.params.apply([tprobs[k][1][a], tprobs[k][2][a]]) for k in unl})
@@ -191,7 +204,7 @@ def fit_ensemble(models: Mapping[str, torch.nn.Module], val: Sequence[TaskData],
             fixed = ens.params[a].get("text") if mode == "text" + UNMENTIONED else None
             ens.params[a][mode], thresholds[a][mode], metrics[a][mode] = fit_mode(
                 dict(zip(srcs, probs, strict=True)), y, target_precision, fixed=fixed,
-                groups=[v or "as-is" for _, v in rows], fold_keys=[k for k, _ in rows])
+                groups=[_group(v, yg.get(k, "")) for k, v in rows], fold_keys=[k for k, _ in rows])
         drift[a] = agreement_band(
             [(served[k], iprobs[k][a]) for k in keys_b], thresholds[a].get("text", 0.5),
             {v: [(served[k], shifted[k][v][a]) for k in keys_b if v in shifted.get(k, {}) and a in shifted[k][v]]
