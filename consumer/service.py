@@ -101,6 +101,7 @@ class EnrichService:
             threads, self.bundle = await asyncio.to_thread(_load_bundle, self.settings)
             log.info("torch threads", threads=threads, configured=self.settings.torch_threads is not None)
         metrics.MODEL_INFO.info({"name": str(self.bundle.name), "version": str(self.bundle.version)})
+        build = metrics.set_build_info(str(getattr(self.bundle, "device", self.settings.device)))
         self.health.model_loaded = True
         log.info("model bundle ready", name=self.bundle.name, version=self.bundle.version,
-                 attributes=list(self.bundle.attributes))
+                 attributes=list(self.bundle.attributes), build=build)

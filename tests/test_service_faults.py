@@ -204,6 +204,7 @@ def test_metrics_and_health_endpoints_over_http(broker, tiny_bundle, sample_cata
         tiny_bundle,
         f"g-{topics[0]}",
         ENRICH_KAFKA='{"session.timeout.ms": "6000", "statistics.interval.ms": "500"}',
+        ENRICH_GIT_REVISION="0123456789abcdef",  # as the image build sets it (an ENRICH_* that is no setting)
     )
     proc = start_enrich(env, log)
     try:
@@ -232,6 +233,17 @@ def test_metrics_and_health_endpoints_over_http(broker, tiny_bundle, sample_cata
         assert any(k.startswith("enrich_end_to_end_seconds_count") for k in metrics)
         lag = {k: v for k, v in metrics.items() if k.startswith("enrich_consumer_lag_messages{")}
         assert len(lag) == 2 and all(v == 0 for v in lag.values()), lag  # from librdkafka statistics
+        # the standard process metrics, on the service's own registry
+        assert metrics["process_resident_memory_bytes"] > 50e6  # torch and the bundle are loaded
+        assert metrics["process_open_fds"] > 0 and metrics["process_cpu_seconds_total"] > 0
+        assert metrics["process_start_time_seconds"] > 0 and any(k.startswith("python_info{") for k in metrics)
+        import torch
+
+        build = [k for k in metrics if k.startswith("enrich_build_info{")]
+        assert len(build) == 1 and metrics[build[0]] == 1, build
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', build[0]))
+        assert labels.pop("device") in ("cpu", "cuda") and labels.pop("version") not in ("", "unknown")
+        assert labels == {"revision": "0123456789abcdef", "torch_version": torch.__version__}
     finally:
         proc.send_signal(signal.SIGTERM)
         assert wait_exit(proc, 30, log) == 0, tail(log)

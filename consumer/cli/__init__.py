@@ -6,17 +6,17 @@ and ``enrich check-config`` answer instantly.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
 
+from consumer.cli.flags import settings_command, settings_overrides, train_flags, with_flags
 from consumer.cli.replay import register as register_replay_command
+from consumer.cli.service import load_settings
+from consumer.cli.service import register as register_service_commands
 from consumer.subscribe.commands import register as register_subscriber_commands
 
 app = typer.Typer(
@@ -27,204 +27,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# --------------------------------------------------------------------------- shared options
-Bootstrap = Annotated[
-    str | None,
-    typer.Option(
-        "--bootstrap-servers",
-        "-b",
-        envvar="ENRICH_BOOTSTRAP_SERVERS",
-        help="Kafka bootstrap servers, host:port[,host:port].",
-        show_default=False,
-    ),
-]
-InputTopic = Annotated[str | None, typer.Option(envvar="ENRICH_INPUT_TOPIC", help="Topic of product events.")]
-OutputTopic = Annotated[str | None, typer.Option(envvar="ENRICH_OUTPUT_TOPIC", help="Topic for enriched events.")]
-DeadLetterTopic = Annotated[
-    str | None, typer.Option(envvar="ENRICH_DEAD_LETTER_TOPIC", help="Topic for events that cannot be processed.")
-]
-GroupId = Annotated[str | None, typer.Option(envvar="ENRICH_GROUP_ID", help="Consumer group id.")]
-BundleDir = Annotated[
-    Path | None, typer.Option("--bundle", envvar="ENRICH_BUNDLE", help="Model bundle directory (enrich train).")
-]
-KafkaPassthrough = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--kafka", "-X", help="Raw librdkafka setting KEY=VALUE (repeatable), e.g. -X fetch.max.bytes=5242880."
-    ),
-]
-
-
-def _parse_kafka(pairs: list[str] | None) -> dict[str, str] | None:
-    if not pairs:
-        return None
-    parsed: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--kafka")
-        parsed[key.strip()] = value
-    return parsed
-
-
-def _settings(**overrides: Any) -> Any:
-    """Settings from ENRICH_* variables with the given flags on top; a clear message on invalid input."""
-    from consumer.ops.settings import Settings
-
-    try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        typer.secho(f"invalid configuration:\n{exc}", fg="red", err=True)
-        raise typer.Exit(2) from exc
-
-
-# --------------------------------------------------------------------------- run
-@app.command()
-def run(
-    bootstrap_servers: Bootstrap = None,
-    input_topic: InputTopic = None,
-    output_topic: OutputTopic = None,
-    dead_letter_topic: DeadLetterTopic = None,
-    group_id: GroupId = None,
-    bundle: BundleDir = None,
-    device: Annotated[str | None, typer.Option(envvar="ENRICH_DEVICE", help="auto | cpu | cuda.")] = None,
-    torch_threads: Annotated[
-        int | None,
-        typer.Option(envvar="ENRICH_TORCH_THREADS", help="torch CPU threads [the container's CPU quota]."),
-    ] = None,
-    kafka: KafkaPassthrough = None,
-    exactly_once: Annotated[
-        bool | None,
-        typer.Option(
-            "--exactly-once/--at-least-once",
-            envvar="ENRICH_EXACTLY_ONCE",
-            help="Transactional producer with offsets in the transaction.",
-            show_default=False,
-        ),
-    ] = None,
-    http_port: Annotated[
-        int | None, typer.Option(envvar="ENRICH_HTTP_PORT", help="Port of /metrics, /livez, /readyz.")
-    ] = None,
-    max_in_flight: Annotated[
-        int | None,
-        typer.Option(envvar="ENRICH_MAX_IN_FLIGHT", help="Pause partitions above this many in-flight events."),
-    ] = None,
-    allow_loopback_images: Annotated[
-        bool | None,
-        typer.Option(
-            "--allow-loopback-images",
-            envvar="ENRICH_FETCH__ALLOW_LOOPBACK",
-            help="Allow image URLs on 127.0.0.1/::1 (demo and tests only).",
-            show_default=False,
-        ),
-    ] = None,
-    stale_updates: Annotated[
-        str | None,
-        typer.Option(envvar="ENRICH_STALE_UPDATES",
-                     help="skip | process: an input older (updated_at) than one already seen for its product."),
-    ] = None,
-    stop_after: Annotated[
-        int | None, typer.Option(envvar="ENRICH_STOP_AFTER", help="Exit after this many events are done.")
-    ] = None,
-    idle_exit_s: Annotated[
-        float | None, typer.Option(envvar="ENRICH_IDLE_EXIT_S", help="Exit after this many idle seconds (replays).")
-    ] = None,
-    log_format: Annotated[str | None, typer.Option(envvar="ENRICH_LOG_FORMAT", help="json | console.")] = None,
-    log_level: Annotated[str | None, typer.Option(envvar="ENRICH_LOG_LEVEL", help="DEBUG, INFO, WARNING...")] = None,
-    cloudevents: Annotated[
-        bool | None,
-        typer.Option(
-            "--cloudevents",
-            envvar="ENRICH_CLOUDEVENTS",
-            help="Also send CloudEvents binary-mode headers (ce_*) on every output [off].",
-            show_default=False,
-        ),
-    ] = None,
-) -> None:
-    """Run the enrichment consumer against any Kafka cluster until SIGTERM (or --stop-after / --idle-exit-s).
-
-    Every option can also be set as an ENRICH_* environment variable; nested settings use "__", e.g.
-    ENRICH_FETCH__TOTAL_TIMEOUT_S=5 or ENRICH_BATCH__IMAGE_MAX_SIZE=16 (see README, Configuration).
-    """
-    settings = _settings(
-        bootstrap_servers=bootstrap_servers,
-        input_topic=input_topic,
-        output_topic=output_topic,
-        dead_letter_topic=dead_letter_topic,
-        group_id=group_id,
-        bundle=bundle,
-        device=device,
-        torch_threads=torch_threads,
-        kafka=_parse_kafka(kafka),
-        exactly_once=exactly_once,
-        http_port=http_port,
-        max_in_flight=max_in_flight,
-        stale_updates=stale_updates,
-        stop_after=stop_after,
-        idle_exit_s=idle_exit_s,
-        log_format=log_format,
-        log_level=log_level,
-        cloudevents=cloudevents,
-    )
-    if allow_loopback_images:
-        settings.fetch.allow_loopback = True
-    from consumer.ops.logs import configure_logging, get_logger
-    from consumer.service import EnrichService
-
-    if (settings.bundle / "manifest.json").is_file():  # a missing bundle stays exit 1 (a volume not mounted yet)
-        from consumer.cli.replay import verified_version
-
-        verified_version(settings.bundle)  # tampered or half-copied: exit 2 before anything starts
-    configure_logging(settings.log_level, settings.log_format)
-    get_logger("enrich").info("starting enrich run", settings=settings.redacted())
-    raise typer.Exit(asyncio.run(EnrichService(settings).run()))
-
-
-@app.command("check-config")
-def check_config(
-    bootstrap_servers: Bootstrap = None,
-    input_topic: InputTopic = None,
-    output_topic: OutputTopic = None,
-    dead_letter_topic: DeadLetterTopic = None,
-    group_id: GroupId = None,
-    bundle: BundleDir = None,
-    kafka: KafkaPassthrough = None,
-    check_bundle: Annotated[
-        bool, typer.Option(help="Also verify the bundle: readable manifest, content hash = its version (exit 2).")
-    ] = True,
-) -> None:
-    """Validate the configuration (environment + flags) without connecting; print it with secrets masked."""
-    settings = _settings(
-        bootstrap_servers=bootstrap_servers,
-        input_topic=input_topic,
-        output_topic=output_topic,
-        dead_letter_topic=dead_letter_topic,
-        group_id=group_id,
-        bundle=bundle,
-        kafka=_parse_kafka(kafka),
-    )
-    problems: list[str] = []
-    if check_bundle:
-        manifest = settings.bundle / "manifest.json"
-        if not manifest.is_file():
-            problems.append(f"bundle: {manifest} not found (train one with `enrich train`)")
-        else:
-            try:
-                json.loads(manifest.read_text())
-            except ValueError as exc:
-                problems.append(f"bundle: {manifest} is not valid JSON: {exc}")
-    tampered = None
-    if check_bundle and not problems:
-        from models.verify import BundleVerificationError, verify_bundle
-
-        try:
-            verify_bundle(settings.bundle)
-        except BundleVerificationError as exc:
-            tampered = f"bundle refused: {exc}"
-    typer.echo(json.dumps(settings.redacted(), indent=2, default=str))
-    for problem in [*problems, *([tampered] if tampered else [])]:
-        typer.secho(problem, fg="red", err=True)
-    raise typer.Exit(2 if tampered else 1 if problems else 0)
+# `enrich run` and `enrich check-config` (consumer/cli/service.py): their flags come from the Settings model.
+register_service_commands(app)
 
 
 # --------------------------------------------------------------------------- local tooling
@@ -239,9 +43,8 @@ def broker(
 ) -> None:
     """Run an embedded in-memory Kafka broker (tansu) on 127.0.0.1 for local work, until Ctrl-C."""
     from consumer.devtools.embedded_broker import EmbeddedBroker, create_topics
-    from consumer.ops.settings import Settings
 
-    defaults = Settings()
+    defaults = load_settings(kafka=False)
     names = topics or [defaults.input_topic, defaults.output_topic, defaults.dead_letter_topic]
     with EmbeddedBroker(port=port) as embedded:
         create_topics(embedded.bootstrap_servers, names, partitions=partitions)
@@ -253,14 +56,13 @@ def broker(
             typer.echo("stopping broker")
 
 
-@app.command()
+@settings_command(app, "produce", only=("bootstrap_servers", "kafka"))
 def produce(
+    flags: dict[str, Any],
     path: Annotated[
         Path, typer.Argument(exists=True, dir_okay=False, help="JSON Lines file, one product event per line.")
     ],
-    bootstrap_servers: Bootstrap = None,
-    topic: Annotated[str | None, typer.Option(envvar="ENRICH_INPUT_TOPIC", help="Topic to send to.")] = None,
-    kafka: KafkaPassthrough = None,
+    topic: Annotated[str | None, typer.Option(help="Topic to send to [the input topic, ENRICH_INPUT_TOPIC].")] = None,
 ) -> None:
     """Send product events from a JSON Lines file to a topic (keyed by product_id; idempotent producer).
 
@@ -268,7 +70,7 @@ def produce(
     """
     from consumer.devtools.produce import produce_jsonl
 
-    settings = _settings(bootstrap_servers=bootstrap_servers, input_topic=topic, kafka=_parse_kafka(kafka))
+    settings = load_settings({**settings_overrides(flags), **({"input_topic": topic} if topic else {})})
     sent = produce_jsonl(settings.bootstrap_servers, settings.input_topic, path, extra_conf=settings.kafka_common())
     typer.echo(f"produced {sent} events to {settings.input_topic}")
 
@@ -306,23 +108,9 @@ def demo(
 
 def _train_command() -> Any:
     """``enrich train``, its flags generated from ``models.training.config.TrainConfig`` (each option and its
-    help declared once there; this module only maps types onto typer options)."""
-    import inspect
-
+    help declared once there; consumer/cli/flags.py maps them onto typer options, as it does the settings
+    for `enrich run`)."""
     from models.training.config import TrainConfig, options
-
-    types: dict[str, Any] = {"int": int, "float": float, "str": str, "bool": bool, "list[str]": list[str]}
-    params, annotations = [], {}
-    for o in options():
-        typ = types[o.type]
-        required = o.name in ("catalog", "out")
-        decl = f"{o.flag}/--no-{o.flag[2:]}" if typ is bool else o.flag
-        ann = Annotated[typ if required or o.default is not None else typ | None,  # type: ignore[valid-type]
-                        typer.Option(decl, help=o.help[:1].upper() + o.help[1:] + ".",
-                                     metavar=None if typ is bool else o.type.removeprefix("list[").strip("]").upper())]
-        params.append(inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, annotation=ann,
-                                        default=inspect.Parameter.empty if required else o.default))
-        annotations[o.name] = ann
 
     def train(**options_: Any) -> None:
         """Train a model bundle (multi-data multi-task) on Kaggle-format and synthetic catalogs.
@@ -341,9 +129,7 @@ def _train_command() -> Any:
         summary = train_command(config)
         typer.echo(f"bundle {summary['bundle']} version {summary['version']} in {summary['seconds']:.0f}s")
 
-    train.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    train.__annotations__ = {**annotations, "return": None}
-    return train
+    return with_flags(train_flags(options(), required=("catalog", "out")))(train)
 
 
 app.command("train")(_train_command())

@@ -52,21 +52,17 @@ def _print_summary(summary: dict[str, Any]) -> None:
     )
 
 
-def register(app: typer.Typer) -> None:
-    from consumer.cli import (
-        Bootstrap,
-        DeadLetterTopic,
-        GroupId,
-        InputTopic,
-        KafkaPassthrough,
-        OutputTopic,
-        _parse_kafka,
-        _settings,
-    )
+#: Settings without a flag on `enrich replay`: it stops by itself at its end offsets.
+REPLAY_CONTROLS = ("stop_after", "idle_exit_s")
 
-    @app.command()
+
+def register(app: typer.Typer) -> None:
+    from consumer.cli.flags import settings_command, settings_overrides
+    from consumer.cli.service import load_settings
+
+    @settings_command(app, "replay", exclude=REPLAY_CONTROLS)
     def replay(
-        bundle: Annotated[Path, typer.Option("--bundle", envvar="ENRICH_BUNDLE", help="The bundle to replay with.")],
+        flags: dict[str, Any],
         from_beginning: Annotated[
             bool, typer.Option("--from-beginning", help="Replay from each partition's first offset.")
         ] = False,
@@ -78,11 +74,6 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option(help="Stop before the first input stamped after this time [the end "
                                           "offsets at start].")
         ] = None,
-        output_topic: OutputTopic = None,
-        bootstrap_servers: Bootstrap = None,
-        input_topic: InputTopic = None,
-        dead_letter_topic: DeadLetterTopic = None,
-        group_id: GroupId = None,
         replay_group: Annotated[
             str | None, typer.Option(help="The replay's consumer group [<group-id>-replay-<bundle version>, "
                                           "plus -<from ms>-<to ms> for a time range, -<topic> for another "
@@ -101,20 +92,10 @@ def register(app: typer.Typer) -> None:
         report: Annotated[
             Path | None, typer.Option(help="Dry run: write compare.json and compare.png into this directory.")
         ] = None,
-        kafka: KafkaPassthrough = None,
-        device: Annotated[str | None, typer.Option(envvar="ENRICH_DEVICE", help="auto | cpu | cuda.")] = None,
-        http_port: Annotated[int | None, typer.Option(envvar="ENRICH_HTTP_PORT", help="/metrics port.")] = None,
-        allow_loopback_images: Annotated[
-            bool | None, typer.Option("--allow-loopback-images", envvar="ENRICH_FETCH__ALLOW_LOOPBACK",
-                                      help="Allow image URLs on 127.0.0.1/::1 (demo and tests only).",
-                                      show_default=False)
-        ] = None,
         progress: Annotated[
             bool | None, typer.Option("--progress/--no-progress", help="Progress bars [when on a terminal; log "
                                                                      "lines otherwise].", show_default=False)
         ] = None,
-        log_format: Annotated[str | None, typer.Option(envvar="ENRICH_LOG_FORMAT", help="json | console.")] = None,
-        log_level: Annotated[str | None, typer.Option(envvar="ENRICH_LOG_LEVEL", help="DEBUG, INFO...")] = None,
     ) -> None:
         """Re-enrich the input topic (or a time range of it) with BUNDLE, next to the live consumer.
 
@@ -123,6 +104,9 @@ def register(app: typer.Typer) -> None:
         product in the range is enriched, and a product with a newer input (before or during the replay)
         is left to the live consumer: a replay never overwrites newer state (docs/operations.md).
         """
+        if flags["bundle"] is None and not any(k.upper() == "ENRICH_BUNDLE" for k in os.environ):
+            raise typer.BadParameter("the bundle to replay with is required (--bundle or ENRICH_BUNDLE)",
+                                     param_hint="--bundle")
         if from_beginning == (from_timestamp is not None):
             raise typer.BadParameter("give exactly one of --from-beginning and --from-timestamp")
         if dry_run != (compare_to is not None):
@@ -131,11 +115,7 @@ def register(app: typer.Typer) -> None:
         to_ms = parse_time(to_timestamp, "--to-timestamp")
         if from_ms is not None and to_ms is not None and to_ms < from_ms:
             raise typer.BadParameter("--to-timestamp is before --from-timestamp", param_hint="--to-timestamp")
-        settings = _settings(
-            bootstrap_servers=bootstrap_servers, input_topic=input_topic, output_topic=output_topic,
-            dead_letter_topic=dead_letter_topic, group_id=group_id, bundle=bundle, kafka=_parse_kafka(kafka),
-            device=device, http_port=http_port, log_format=log_format, log_level=log_level,
-        )
+        settings = load_settings(settings_overrides(flags))
         from consumer.ops.settings import Settings
 
         version = verified_version(settings.bundle)
@@ -149,8 +129,6 @@ def register(app: typer.Typer) -> None:
             typer.secho(f"the replay group must not be the live group {group!r}", fg="red", err=True)
             raise typer.Exit(2)
         settings = settings.model_copy(update={"group_id": group})
-        if allow_loopback_images:
-            settings.fetch.allow_loopback = True
         if max_rate:  # in-flight events wait for tokens: keep only a few seconds' worth polled
             settings.max_in_flight = min(settings.max_in_flight, max(16, int(max_rate * 4)))
         from consumer.ops.logs import configure_logging

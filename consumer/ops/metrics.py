@@ -1,17 +1,39 @@
 """Prometheus metrics of the service, all in one place so names stay consistent (base units, ``_total``).
 
 Every metric lives in :data:`REGISTRY` rather than the process-global default registry, so tests and the
-demo can run several services in one process without "duplicated timeseries" errors.
+demo can run several services in one process without "duplicated timeseries" errors. The standard process
+and platform collectors that the default registry would carry (``process_resident_memory_bytes``,
+``process_open_fds``, ``process_cpu_seconds_total``, ``python_info``, ``python_gc_*``) are registered here
+too, with ``enrich_build_info`` (:func:`set_build_info`).
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)  # process_*: memory, open fds, CPU seconds, start time (Linux /proc)
+PlatformCollector(registry=REGISTRY)  # python_info
+GCCollector(registry=REGISTRY)  # python_gc_*
+
+#: Set when the image is built (``--build-arg GIT_REVISION=$(git rev-parse HEAD)``); see :func:`git_revision`.
+REVISION_ENV = "ENRICH_GIT_REVISION"
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
@@ -68,6 +90,12 @@ CONSUMER_LAG = Gauge(
     registry=REGISTRY,
 )
 MODEL_INFO = Info("enrich_model", "The loaded model bundle.", registry=REGISTRY)
+BUILD_INFO = Gauge(
+    "enrich_build_info",
+    "Always 1: the running build (package version, git revision, torch version, inference device).",
+    ["version", "revision", "torch_version", "device"],
+    registry=REGISTRY,
+)
 LAST_HEARTBEAT = Gauge(
     "enrich_main_loop_heartbeat_timestamp_seconds", "Unix time of the poll loop's last turn.", registry=REGISTRY
 )
@@ -161,3 +189,43 @@ def observe_drift(state: Mapping[str, Mapping[str, Any]], switched: Sequence[tup
             DRIFT_AGREEMENT_LOW.labels(attribute=attr).set(float(st["band_low"]))
     for attr, text_only in switched:
         DRIFT_SWITCHES.labels(attribute=attr, to="text" if text_only else "fused").inc()
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("enrich")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def git_revision() -> str:
+    """The build's git revision: ``ENRICH_GIT_REVISION`` (set at image build), else ``git rev-parse HEAD``
+    when running from a checkout of the repository, else ``unknown``."""
+    configured = os.environ.get(REVISION_ENV, "").strip()
+    if configured:
+        return configured
+    root = Path(__file__).resolve().parents[2]
+    if (root / ".git").exists() and (root / "consumer").is_dir():
+        try:
+            out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                 timeout=5, check=False)
+        except (OSError, subprocess.SubprocessError):
+            return "unknown"
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    return "unknown"
+
+
+def set_build_info(device: str) -> dict[str, str]:
+    """Export ``enrich_build_info{version, revision, torch_version, device} 1``; returns the labels."""
+    try:
+        import torch
+
+        torch_version = str(torch.__version__)
+    except ImportError:
+        torch_version = "none"
+    labels = {"version": package_version(), "revision": git_revision(), "torch_version": torch_version,
+              "device": device}
+    BUILD_INFO.clear()
+    BUILD_INFO.labels(**labels).set(1)
+    return labels

@@ -131,6 +131,7 @@ async def run_replay(settings: Settings, options: ReplayOptions, bundle: Any | N
             log.info("loading model bundle", path=str(settings.bundle))
             bundle = await asyncio.to_thread(load_bundle, settings)
         metrics.MODEL_INFO.info({"name": str(bundle.name), "version": str(bundle.version)})
+        metrics.set_build_info(str(getattr(bundle, "device", settings.device)))
         health.model_loaded = True
         summary["model"] = {"name": bundle.name, "version": bundle.version}
         log.info("replaying", model=bundle.name, version=bundle.version, group=settings.group_id,

@@ -32,10 +32,13 @@ from consumer.stages.events import SourceCoordinates
 from consumer.stages.outputs import DeadLetter, Enriched
 from consumer.stream.checkpoint import Checkpoint, CommitFailed, commit_offsets, committable
 from consumer.stream.dlq import DeadLetterPolicy, DeadLetterRateExceeded
+from consumer.stream.kafka_config import consumer_config, producer_config
 from consumer.stream.offsets import TopicPartitionKey
 from consumer.stream.partition import Entry
 from consumer.stream.pipeline import Inbound, Pipeline
 from consumer.stream.producer import FatalError, OutputProducer
+
+__all__ = ["EXIT_DLQ_RATE", "EXIT_FATAL", "EXIT_OK", "StreamProcessor", "consumer_config", "producer_config"]
 
 log = get_logger("enrich.processor")
 
@@ -46,37 +49,6 @@ EXIT_DLQ_RATE = 3
 
 #: How often the lag and oldest-in-flight gauges are refreshed.
 GAUGE_INTERVAL_S = 5.0
-
-
-def consumer_config(settings: Settings) -> dict[str, Any]:
-    conf = {
-        **settings.kafka_common(),
-        "group.id": settings.group_id,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
-        "partition.assignment.strategy": "cooperative-sticky",
-        "isolation.level": "read_committed",
-    }
-    # Raw passthrough wins, but never for the settings our offset guarantees rest on.
-    conf.update({k: v for k, v in settings.kafka.items() if k not in ("enable.auto.commit",)})
-    conf["enable.auto.commit"] = False
-    return conf
-
-
-def producer_config(settings: Settings) -> dict[str, Any]:
-    conf = {
-        **settings.kafka_common(),
-        "enable.idempotence": True,
-        "acks": "all",
-        "linger.ms": 5,
-        "compression.type": "lz4",
-    }
-    if settings.exactly_once:
-        conf["transactional.id"] = settings.member_transactional_id()
-    conf.update(settings.kafka)
-    conf["enable.idempotence"] = True
-    return conf
 
 
 def _librdkafka_logger() -> logging.Logger:
