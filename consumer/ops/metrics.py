@@ -32,7 +32,8 @@ ProcessCollector(registry=REGISTRY)  # process_*: memory, open fds, CPU seconds,
 PlatformCollector(registry=REGISTRY)  # python_info
 GCCollector(registry=REGISTRY)  # python_gc_*
 
-#: Set when the image is built (``--build-arg GIT_REVISION=$(git rev-parse HEAD)``); see :func:`git_revision`.
+#: Set when the image is built (deploy/Dockerfile: ``--build-arg REVISION=$(git rev-parse HEAD)``).
+#: See :func:`git_revision`.
 REVISION_ENV = "ENRICH_GIT_REVISION"
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
