@@ -37,7 +37,7 @@ def main() -> None:
     for p in read_catalog(args.catalog):
         if split_of(p.id, seed, fractions) != args.split:
             continue
-        im = load_image(p.image, bundle.image_decode_size)
+        im = load_image(p.image_path, bundle.image_decode_size)
         if im is not None:
             products.append(p)
             views.append(bundle.image_views(im))

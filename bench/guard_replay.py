@@ -28,7 +28,8 @@ def main() -> None:
     ap.add_argument("--photo-shape", default=None)
     args = ap.parse_args()
     b = Bundle.load(args.bundle, device="cpu")
-    rows = [p for p in read_catalog(args.catalog) if p.image is not None and b.spec.split.of(p.id, p.year) == "test"]
+    rows = [p for p in read_catalog(args.catalog)
+            if p.image_path is not None and b.spec.split.of(p.id, p.year) == "test"]
     served = serve_rows(b, rows, set(), progress=False, photo_shape=args.photo_shape)
     guard = b.drift_guard()
     switches: list[dict[str, object]] = []

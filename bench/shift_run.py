@@ -10,6 +10,13 @@ at 3:4 squashed, at 3:4 letterboxed, and with every colour word removed::
 
 Writes ``OUT/bundle`` and ``OUT/eval/*.json`` (and prints the Markdown tables). ``--skip-train`` re-scores an
 existing bundle. Extra ``--set key=value`` pairs override training options (``models.train.train_command``).
+
+The year shift inside a random split (a bundle trained by the default ``enrich train``), scored against the
+same models fitted without the year fold, on the test products of the years few training photos come from::
+
+    .venv/bin/python bench/shift_run.py --skip-train --bundle .cache/real15/bundle --catalog STYLES \
+        --out .cache/real15 --years 2007-2010,2012-2019 --against .cache/real15/bundle-noyear \
+        --runs square,squash,no_color_words
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from models.evaluate import evaluate_command, format_table
+from models.evaluate import evaluate_command, format_against, format_table
 from models.train import train_command
 
 #: The configuration measured in docs/models.md: the defaults, but 128 px views and a frozen MiniLM (its
@@ -46,8 +53,13 @@ def main() -> None:
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--set", action="append", default=[], help="training option override, key=value")
+    ap.add_argument("--bundle", type=Path, help="bundle to write / score [OUT/bundle]")
+    ap.add_argument("--years", help="score only products of these catalogue years, e.g. 2012,2015-2017")
+    ap.add_argument("--against", help="another bundle scored on the same rows (enrich evaluate --against)")
+    ap.add_argument("--runs", default="square,squash,letterbox,no_color_words,no_color_words_letterbox",
+                    help="which evaluations, comma-separated")
     args = ap.parse_args()
-    bundle = args.out / "bundle"
+    bundle = args.bundle or args.out / "bundle"
     times: dict[str, float] = {}
     if not args.skip_train:
         cfg = {**CONFIG, **{k: _value(v) for k, v in (s.split("=", 1) for s in args.set)}}
@@ -62,14 +74,20 @@ def main() -> None:
         ("no_color_words_letterbox", {"strip_color_words": True, "attributes": ["color"], "photo_shape": "letterbox",
                                       "baseline": False}),
     ]
+    wanted = set(args.runs.split(","))
     for tag, kw in runs:
+        if tag not in wanted:
+            continue
         t = time.monotonic()
         out = str(args.out / "eval" / f"{tag}.json")
-        rep = evaluate_command(bundle=str(bundle), catalog=args.catalog, json_out=out, progress=False, **kw)
+        rep = evaluate_command(bundle=str(bundle), catalog=args.catalog, json_out=out, progress=False,
+                               years=args.years, against=args.against, **kw)
         times[f"eval_{tag}"] = time.monotonic() - t
         print(f"## {tag} ({times[f'eval_{tag}']:.0f} s)\n")
         print(format_table(rep))
         print(format_table(rep, "with_image"))
+        if "against" in rep:
+            print(format_against(rep))
     (args.out / "times.json").write_text(json.dumps(times, indent=2))
     print(json.dumps(times))
 

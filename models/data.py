@@ -10,42 +10,31 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from models.catalog.kaggle import CatalogProduct
 from models.catalog.kaggle import read_catalog as read_kaggle
 
-
-@dataclass
-class Product:
-    """One catalog row: id, text fields, optional photo path, raw labels keyed by attribute name."""
-
-    id: str
-    title: str
-    description: str = ""
-    brand: str = ""
-    image: Path | None = None
-    labels: dict[str, str | None] = field(default_factory=dict)
-    year: int | None = None
+#: The one catalog row type (``models.catalog.kaggle.CatalogProduct``): training, evaluation, the demo and the
+#: event producer all read rows of this shape, with ``labels`` holding only real values (one set of missing
+#: values: ``models.taxonomy``) and ``image_path`` the local photo or None.
+Product = CatalogProduct
 
 
 def read_catalog(path: str | Path, extra_labels: Sequence[str] = ()) -> list[Product]:
     """Read a Kaggle-format catalog: ``styles.csv`` (or its directory) with optional ``images/``.
 
     One reader for everything (:func:`models.catalog.kaggle.read_catalog`: dirty rows repaired or skipped
-    and counted); this adapts its rows to :class:`Product`. ``extra_labels`` names label columns beyond the
-    Kaggle ones, read under their own names (an attribute the Kaggle format lacks, for ``enrich add-heads``).
+    and counted). ``extra_labels`` names label columns beyond the Kaggle ones, read under their own names (an
+    attribute the Kaggle format lacks, for ``enrich add-heads``).
     """
     p = Path(path)
     if p.is_dir():
         p = p / "styles.csv"
-    return [
-        Product(id=it.id, title=it.title, description=it.description, brand=it.brand, image=it.image_path,
-                labels=dict(it.labels), year=it.year)
-        for it in read_kaggle(p, extra_labels)
-    ]
+    return read_kaggle(p, extra_labels)
 
 
 def sample_products(products: Sequence[Product], max_products: int | None, seed: int, index: int = 0

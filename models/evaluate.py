@@ -124,7 +124,7 @@ def serve_rows(b: Bundle, rows: Sequence[Product], strip_words: set[str], progre
     text_parts = b.predict_text_parts(texts)
 
     def views(p: Product) -> Any:
-        im = load_image(p.image, b.image_decode_size)
+        im = load_image(p.image_path, b.image_decode_size)
         if im is not None and shape is not None:
             im = shape.apply(im)
         return None if im is None else b.image_views(im)

@@ -21,7 +21,6 @@ Pipeline (each step resumable from ``--work-dir``):
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import textwrap
@@ -32,13 +31,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from models.augment import PhotoAugment, PhotoShape
 from models.bundle import resolve_device, save_bundle
 from models.data import Product, SplitSpec, common_years, read_catalog, sample_products
 from models.image_model import ImagePreprocess, MultiTaskImageModel, build_backbone
-from models.multitask import MultiDatasetSampler, masked_multitask_loss
 from models.taxonomy import KAGGLE_COLUMNS, Taxonomy, check_attribute_names
 from models.text_model import MultiTaskTextModel, default_encoder_dir, load_encoder, load_tokenizer
 from models.training.checkpoint import _load_ckpt, _save_ckpt, trained_state
@@ -62,7 +59,7 @@ from models.training.features import (
     prefetch,
 )
 from models.training.fusion_fit import MIN_MENTIONED_SHARE, Unmentioned, fit_ensemble, unmentioned_text_probs
-from models.training.learner import _val_loss
+from models.training.learner import _val_loss, fit_models
 from models.wide import WideTextModel
 
 __all__ = [
@@ -163,101 +160,13 @@ def train_command(config: TrainConfig | None = None, /, **options: Any) -> dict[
     # 4. training
     tw = parse_weights(cfg.task_weights)
     dw = parse_weights(cfg.dataset_weights)
-    train_ds = [d for d in data["train"] if len(d.ids)]
-    sampler = MultiDatasetSampler([len(d.ids) for d in train_ds], cfg.batch_size,
-                                  [dw.get(f"{d.catalog}:{d.kind}", 1.0) for d in train_ds], seed=cfg.seed)
-    head_params = [*image_model.dense.parameters(), *image_model.heads.parameters()]
-    text_trunk = [p for layer in text_model.encoder.encoder.layer[text_model.cut:] for p in layer.parameters()]
-    text_rest = [p for m in (text_model.dense, text_model.heads) for p in m.parameters()]
-    text_wide = list(text_model.wide.parameters()) if text_model.wide is not None else []
-    opt = torch.optim.AdamW(
-        [
-            {"params": list(image_model.top.parameters()), "lr": cfg.trunk_lr},
-            {"params": head_params, "lr": cfg.lr},
-            {"params": text_trunk, "lr": cfg.trunk_lr},
-            {"params": text_rest, "lr": cfg.lr},
-            {"params": text_wide, "lr": cfg.wide_lr, "weight_decay": 0.0},
-        ],
-        weight_decay=1e-4,
-    )
-    base_lrs = [g["lr"] for g in opt.param_groups]
     models = {"image": image_model, "text": text_model}
-    best: dict[str, dict[str, torch.Tensor]] = {}
-    best_loss = {"image": math.inf, "text": math.inf}
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    ckpt = work / "checkpoint.safetensors"
     run_key = _key(list(cfg.catalog), split_spec.to_json(), shapes, folds, names, cfg.image_backbone,
                    cfg.image_size, cfg.image_top_blocks, cfg.image_pixel_stats, str(enc_dir), cfg.text_train_layers,
                    cfg.wide_buckets, cfg.batch_size, cfg.seed, cfg.max_products, cfg.task_weights,
                    cfg.dataset_weights, cfg.lr, cfg.trunk_lr, cfg.wide_lr, cfg.select_by)
-    if cfg.resume and ckpt.exists():
-        meta = json.loads(ckpt.with_suffix(".json").read_text())
-        if meta.get("run_key") == run_key:
-            best, meta = _load_ckpt(ckpt, models, opt)
-            start_epoch, best_loss, history = meta["epoch"] + 1, meta["best_loss"], meta["history"]
-            log.info("resumed at epoch %d", start_epoch)
     t_train0 = time.monotonic()
-    epoch_time = 0.0
-    for epoch in range(start_epoch, cfg.epochs):
-        if time.monotonic() + epoch_time * 1.05 > deadline - 30:
-            log.info("budget reached before epoch %d", epoch)
-            break
-        te = time.monotonic()
-        for g, b in zip(opt.param_groups, base_lrs, strict=True):  # cosine decay over the planned cfg.epochs
-            g["lr"] = b * 0.5 * (1 + math.cos(math.pi * epoch / max(1, cfg.epochs)))
-        sampler.set_epoch(epoch)
-        torch.manual_seed(cfg.seed * 1000 + epoch)
-        shown_rng = np.random.default_rng([cfg.seed, epoch])
-        for d in train_ds:
-            d.choose_variants(shown_rng)
-        image_model.train()
-        text_model.train()
-        image_model.bottom.eval()
-        bar = tqdm(sampler, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress)
-        run = {"image": 0.0, "text": 0.0}
-        for di, idx in bar:
-            d = train_ds[di]
-            m = models[d.kind]
-            fn = _text_logits if d.kind == "text" else _image_logits
-            logits = fn(m, d, idx, dev)  # type: ignore[arg-type]
-            loss, _parts = masked_multitask_loss(logits, _targets(d, idx, names, dev), tw)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            lv = loss.item()
-            run[d.kind] = 0.95 * run[d.kind] + 0.05 * lv if run[d.kind] else lv
-            bar.set_postfix(img=f"{run['image']:.3f}", txt=f"{run['text']:.3f}")
-            if time.monotonic() > deadline - 20:
-                break
-        rec: dict[str, Any] = {"epoch": epoch, "train_loss": dict(run), "image_augment": cfg.image_augment}
-        for kind, m in models.items():
-            vds = [d for d in data["val"] if d.kind == kind and len(d.ids)]
-            if not vds:
-                continue
-            vl, vacc = _val_loss(m, vds, names, dev, tw)
-            rec[f"val_loss_{kind}"] = vl
-            rec[f"val_accuracy_{kind}"] = {a: round(v, 4) for a, v in vacc.items()}
-            # lower is better: the loss, or minus the mean task accuracy (a model that keeps getting more
-            # right while growing over-confident is still the better classifier; fusion recalibrates it)
-            score = vl if cfg.select_by == "loss" else -float(np.mean(list(vacc.values())))
-            if score < best_loss[kind]:
-                best_loss[kind] = score
-                best[kind] = trained_state(m)
-        for kind, m in models.items():  # a model without validation data keeps its last state
-            if not any(d.kind == kind for d in data["val"]):
-                best[kind] = trained_state(m)
-        epoch_time = time.monotonic() - te
-        rec["seconds"] = round(epoch_time, 1)
-        history.append(rec)
-        log.info("epoch %s", rec)
-        if cfg.progress:
-            tqdm.write(f"epoch {epoch + 1}: " + json.dumps({k: v for k, v in rec.items() if k != 'epoch'}))
-        _save_ckpt(ckpt, models, opt, best, {"run_key": run_key, "epoch": epoch, "best_loss": best_loss,
-                                             "history": history})
-    for kind, m in models.items():
-        if kind in best:
-            m.load_state_dict(best[kind], strict=False)
+    history = fit_models(models, data, names, cfg, dev, tw, dw, work / "checkpoint.safetensors", run_key, deadline)
     t_train = time.monotonic() - t_train0
 
     # 5. the wide text model, on the training texts (the neural models' checkpoint does not depend on it)

@@ -33,14 +33,14 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> dict:
                   lr=3e-3, min_class_count=3, epochs=6, progress=False, threads=1, seed=2,
                   image_shape_views="", shift_folds="letterbox")
     b = Bundle.load(tmp / "bundle", device="cpu")
-    prods = [p for p in read_catalog(styles) if p.image is not None]
+    prods = [p for p in read_catalog(styles) if p.image_path is not None]
     texts = [b.text_input(p.title, p.description, p.brand) for p in prods]
     tp = b.predict_texts(texts)
 
     def images(rotate: bool) -> list[dict[str, np.ndarray]]:
         views = []
         for p in prods:
-            im = load_image(p.image, b.image_decode_size)
+            im = load_image(p.image_path, b.image_decode_size)
             assert im is not None
             if rotate:
                 r, g, bl = im.split()
@@ -214,10 +214,10 @@ def test_stream_of_colour_rotated_photos_switches_colour_to_text_in_the_enricher
     rotated = tmp_path / "images"
     rotated.mkdir()
     for p in prods:
-        assert p.image is not None
-        with Image.open(p.image) as im:
+        assert p.image_path is not None
+        with Image.open(p.image_path) as im:
             r, g, bl = im.convert("RGB").split()
-            Image.merge("RGB", (g, bl, r)).save(rotated / p.image.name, quality=95)
+            Image.merge("RGB", (g, bl, r)).save(rotated / p.image_path.name, quality=95)
     switches_before = _sample("enrich_drift_switches_total", {"attribute": "color", "to": "text"})
     nulls_before = _sample("enrich_predictions_total", {"attribute": "color", "outcome": "null"})
     values_before = _sample("enrich_predictions_total", {"attribute": "color", "outcome": "value"})
@@ -232,7 +232,7 @@ def test_stream_of_colour_rotated_photos_switches_colour_to_text_in_the_enricher
                 raw = orjson.dumps({"event_id": f"e{offset}", "op": "upsert", "retailer": "acme",
                                     "product_id": p.id, "title": p.title, "description": p.description,
                                     "brand": p.brand, "updated_at": "2024-05-01T12:00:00Z",
-                                    "image_urls": [f"{base_url}/images/{p.image.name}"]})  # type: ignore[union-attr]
+                                    "image_urls": [f"{base_url}/images/{p.image_path.name}"]})  # type: ignore[union-attr]
                 source = SourceCoordinates("products", 0, offset, None, p.id.encode())
                 event = enricher.parse(raw, source)
                 assert hasattr(event, "op"), event

@@ -47,8 +47,8 @@ def test_training_lowers_the_loss_and_resumes(trained: tuple[Path, Path, dict]) 
     # years outside the common ones of the training photos, and every fusion fit is judged on them as a group
     yf = manifest["year_fold"]
     assert yf["common_years"] and 0 < yf["rare_year_products"] < yf["val_products"]
-    cv = manifest["metrics"]["validation"]["color"]["both"]["cv"]["only:text"]
-    assert {"hits:as-is", "hits:as-is/rare-year", "hits:letterbox/rare-year"} <= set(cv)
+    cv = manifest["metrics"]["validation"]["color"]["text_pool"]["cv"]["only:bert"]  # BERT + wide text pool
+    assert {"hits:as-is", "hits:as-is/rare-year"} <= set(cv)
     for kind in ("text", "image"):
         assert hist[-1]["train_loss"][kind] < hist[0]["train_loss"][kind]
         assert min(h[f"val_loss_{kind}"] for h in hist) < hist[0][f"val_loss_{kind}"]

@@ -214,13 +214,22 @@ def evaluate(
         typer.Option(help="squash | letterbox: serve every photo at the retailer's 3:4 shape first (un-squashed, or "
                           "letterboxed into a white square): the photo-shape shift check."),
     ] = None,
+    years: Annotated[
+        str | None,
+        typer.Option(help="Only products of these catalogue years, e.g. 2012,2015-2017 (the year shift: years few "
+                          "training photos come from)."),
+    ] = None,
 ) -> None:
     """Per attribute, for image-only, text-only and the ensemble: accuracy, macro-F1, precision, coverage.
 
     Prints the tables (all rows, rows with a photo, and --against when given); --json writes the full report.
     """
-    from models.evaluate import evaluate_command, format_against, format_table
+    from models.evaluate import evaluate_command, format_against, format_table, parse_years
 
+    try:
+        parse_years(years) if years else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--years") from None
     report = evaluate_command(
         bundle=str(bundle),
         catalog=str(catalog),
@@ -235,6 +244,7 @@ def evaluate(
         progress=progress,
         against=str(against) if against else None,
         photo_shape=photo_shape,
+        years=years,
     )
     cat = report["catalog"]
     typer.echo(f"{report['bundle']['name']} {report['bundle']['version']} on {cat['path']} (split {cat['split']}: "

@@ -302,9 +302,9 @@ def cached_datasets(catalogs: Sequence[Mapping[str, Sequence[Product]]], taxonom
                                            f"{ci}-{split}-{text_source}", progress=progress)
                 data[split].append(TaskData("text", ci, [p.id for p in tp], encode_labels(tp, taxonomy), h, m,
                                             texts))
-            ip = [p for p in prods if p.image is not None]
+            ip = [p for p in prods if p.image_path is not None]
             if image_model is not None and ip:
-                f, ok, st = cache_image_features(image_model, preprocess, [p.image for p in ip], device, cache_dir,
+                f, ok, st = cache_image_features(image_model, preprocess, [p.image_path for p in ip], device, cache_dir,
                                                  f"{ci}-{split}-{image_source}", progress=progress)
                 keep = np.nonzero(ok)[0]
                 if len(keep):
@@ -312,7 +312,7 @@ def cached_datasets(catalogs: Sequence[Mapping[str, Sequence[Product]]], taxonom
                     d = TaskData("image", ci, [p.id for p in ipk], encode_labels(ipk, taxonomy), f[keep],
                                  stats=None if st is None else st[keep])
                     tag = f"{ci}-{split}-{image_source}"
-                    kp = [ip[i].image for i in keep]
+                    kp = [ip[i].image_path for i in keep]
                     if split == "train" and image_augment > 0:
                         _add_variants(d, image_model, preprocess, kp, device, cache_dir, tag, image_augment,
                                       augment or PhotoAugment(), seed, progress)

@@ -160,7 +160,7 @@ def fit_ensemble(models: Mapping[str, torch.nn.Module], val: Sequence[TaskData],
             y = np.array([labels[k][j] for k in keys_t])
             pb = np.stack([tprobs[k][1][a] for k in keys_t])
             pw = np.stack([tprobs[k][2][a] for k in keys_t])
-            sel = select_pool([pb, pw], y, ["bert", "wide"], groups=[yg.get(k, "") for k in keys_t])
+            sel = select_pool([pb, pw], y, ["bert", "wide"], groups=[_group("", yg.get(k, "")) for k in keys_t])
             text_fusion[a] = sel.params
             unl = [k for k in served if labels[k][j] < 0]
             served.update({k: sel.params.apply([tprobs[k][1][a], tprobs[k][2][a]]) for k in unl})
