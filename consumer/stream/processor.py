@@ -417,3 +417,5 @@ class StreamProcessor:
     def _publish_assignment(self) -> None:
         self.health.assigned_partitions = len(self.pipeline.states)
         metrics.ASSIGNED_PARTITIONS.set(len(self.pipeline.states))
+        # a revoked partition's pause flag goes with its state: the gauge counts only what is assigned now
+        metrics.PAUSED_PARTITIONS.set(sum(bool(st.paused) for st in self.pipeline.states.values()))
