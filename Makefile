@@ -27,15 +27,19 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# promtool for tests/test_deploy.py (the alert rules): from Debian's prometheus package, unpacked into .venv/bin.
+$(BIN)/promtool: | $(STAMP)
+	.ci/install-promtool $(BIN)
+
 demo: install
 	$(BIN)/enrich demo
 
-test: install
+test: install $(BIN)/promtool
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-test-fast: install
+test-fast: install $(BIN)/promtool
 	$(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)
 
 lint: install
