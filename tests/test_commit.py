@@ -54,3 +54,52 @@ def test_other_commit_errors_stay_fatal() -> None:
     assert not transport.membership_lost
     for code in (KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS):
         assert CommitFailed.from_kafka("offset commit", KafkaException(KafkaError(code))).membership_lost
+
+
+def test_a_commit_while_the_broker_is_away_is_deferred_not_fatal() -> None:
+    """Regression (chaos broker restart, docs/reliability.md finding 7): with the broker process gone, the
+    periodic commit failed with ``_WAIT_COORD`` and the service exited 1; it must defer the commit instead
+    (nothing marked committed, the next interval retries) and carry on."""
+    import asyncio
+
+    from consumer.devtools.embedded_broker import EmbeddedBroker
+    from consumer.stream.checkpoint import Checkpoint
+    from consumer.stream.partition import PartitionState
+
+    with EmbeddedBroker() as private:
+        topic = f"away-{uuid.uuid4().hex[:8]}"
+        producer = Producer({"bootstrap.servers": private.bootstrap_servers})
+        producer.produce(topic, b"x", partition=0)
+        producer.flush(10)
+        consumer = Consumer({"bootstrap.servers": private.bootstrap_servers, "group.id": f"g-{topic}",
+                             "session.timeout.ms": 6000, "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                             "log_level": 0})
+        try:
+            consumer.subscribe([topic])
+            deadline = time.monotonic() + 60
+            msg = None
+            while time.monotonic() < deadline and (msg is None or msg.error()):
+                msg = consumer.poll(0.5)
+            assert msg is not None and not msg.error()
+            private.stop()  # the broker process is gone (killed, restarting)
+            time.sleep(1.0)
+            try:
+                commit_offsets(consumer, {(topic, 0): 1})
+            except CommitFailed as exc:
+                assert exc.coordinator_unavailable and not exc.membership_lost, exc
+            else:
+                raise AssertionError("a commit with the broker gone succeeded")
+
+            state = PartitionState((topic, 0))
+            state.offsets.track(0)
+            state.offsets.complete(0)
+
+            async def kafka_call(fn, *args):  # the service runs these on the consumer's thread
+                return fn(*args)
+
+            checkpoint = Checkpoint(consumer, producer=None, states=lambda: [state],  # type: ignore[arg-type]
+                                    kafka_call=kafka_call, transactional=False, interval_s=1.0)
+            assert asyncio.run(checkpoint.commit()) == {}  # deferred, not raised
+            assert state.offsets.committable() == 1  # still to be committed by the next interval
+        finally:
+            consumer.close()

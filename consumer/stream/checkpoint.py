@@ -40,19 +40,32 @@ MEMBERSHIP_ERRORS = frozenset({
     KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS,
 })
 
+#: Commit errors that mean "the group coordinator cannot be reached right now": the broker was restarted
+#: or is away (librdkafka answers ``_WAIT_COORD`` at once while it has no coordinator connection), or the
+#: coordinator is moving. Nothing was committed; the next interval commits the same offsets (or later
+#: ones), so not fatal either: exiting would not bring the broker back (docs/reliability.md, broker restart).
+COORDINATOR_ERRORS = frozenset({
+    KafkaError._WAIT_COORD, KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+})
+
 
 class CommitFailed(RuntimeError):
     """A commit could not be made; the service stops so that a restart resumes from the last commit.
 
     ``membership_lost``: the broker refused it because this member lost its place in the group
-    (:data:`MEMBERSHIP_ERRORS`); the service carries on and librdkafka rejoins. ``abortable``: a
-    transaction error that aborting the transaction clears (the partitions are then read again).
+    (:data:`MEMBERSHIP_ERRORS`); the service carries on and librdkafka rejoins. ``coordinator_unavailable``:
+    no group coordinator to send it to right now (:data:`COORDINATOR_ERRORS`); the next interval retries.
+    ``abortable``: a transaction error that aborting the transaction clears (the partitions are then read
+    again).
     """
 
-    def __init__(self, message: str, membership_lost: bool = False, abortable: bool = False) -> None:
+    def __init__(self, message: str, membership_lost: bool = False, abortable: bool = False,
+                 coordinator_unavailable: bool = False) -> None:
         super().__init__(message)
         self.membership_lost = membership_lost
         self.abortable = abortable
+        self.coordinator_unavailable = coordinator_unavailable
 
     @classmethod
     def from_kafka(cls, what: str, exc: KafkaException) -> CommitFailed:
@@ -61,6 +74,7 @@ class CommitFailed(RuntimeError):
             f"{what} failed: {exc}",
             membership_lost=err is not None and err.code() in MEMBERSHIP_ERRORS,
             abortable=err is not None and err.txn_requires_abort(),
+            coordinator_unavailable=err is not None and err.code() in COORDINATOR_ERRORS,
         )
 
 
@@ -163,6 +177,10 @@ class Checkpoint:
             try:
                 await self._kafka_call(commit_offsets, self._consumer, offsets)
             except CommitFailed as exc:
+                if exc.coordinator_unavailable:  # broker restarting or away: nothing committed, retried
+                    log.warning("commit deferred: no group coordinator right now (retried next interval)",
+                                error=str(exc))
+                    return {}
                 if not exc.membership_lost:
                     raise
                 # the session expired or a rebalance began meanwhile: the lost/revoke callback decides
