@@ -14,8 +14,9 @@ from tests.chaos.crash_loop import kill_loop
 
 
 def main() -> int:
-    args = cli(__doc__.splitlines()[0], stops=10, events=1500, partitions=3, seed=12, max_gap_s=4.0)
-    with standalone_rig(args.workdir) as rig:
+    args = cli(__doc__.splitlines()[0], stops=10, events=1500, partitions=3, seed=12, max_gap_s=4.0,
+               storage="memory")
+    with standalone_rig(args.workdir, args.storage) as rig:
         fig = kill_loop(rig, kills=args.stops, events=args.events, sig=signal.SIGTERM,
                         partitions=args.partitions, seed=args.seed, max_gap_s=args.max_gap_s)
         print(f"[chaos] logs in {rig.workdir}")

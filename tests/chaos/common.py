@@ -92,14 +92,18 @@ def ensure_bundle(catalog: Path) -> Path:
 
 
 @contextlib.contextmanager
-def standalone_rig(workdir: Path | None = None) -> Iterator[Rig]:
-    """Everything a scenario needs, for `python -m tests.chaos.<scenario>` (pytest passes its fixtures)."""
+def standalone_rig(workdir: Path | None = None, storage: str = "memory") -> Iterator[Rig]:
+    """Everything a scenario needs, for `python -m tests.chaos.<scenario>` (pytest passes its fixtures).
+    ``storage``: the broker's (tests/chaos/storage_broker.py: ``memory``, ``s3``; ``postgres`` is refused)."""
+    from tests.chaos.storage_broker import check_storage, storage_broker
+
+    check_storage(storage)  # refuse before training a bundle
     CHAOS_CACHE.mkdir(parents=True, exist_ok=True)
     catalog = ensure_catalog(CHAOS_CACHE)
     bundle = ensure_bundle(catalog)
     work = workdir or Path(tempfile.mkdtemp(prefix="enrich-chaos-"))
     work.mkdir(parents=True, exist_ok=True)
-    with EmbeddedBroker() as broker, ImageServer(catalog.parent / "images") as images:
+    with storage_broker(storage) as broker, ImageServer(catalog.parent / "images") as images:
         yield Rig(broker, images, catalog, bundle, work)
 
 
@@ -478,7 +482,15 @@ def cli(description: str, **defaults: Any) -> argparse.Namespace:
         else:
             parser.add_argument(flag, type=type(value), default=value)
     parser.add_argument("--workdir", type=Path, default=None, help="keep logs here (default: a temp dir)")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if getattr(args, "storage", None) is not None:
+        from tests.chaos.storage_broker import StorageUnavailable, check_storage
+
+        try:
+            check_storage(args.storage)
+        except StorageUnavailable as exc:
+            parser.exit(2, f"[chaos] refused: {exc}\n")
+    return args
 
 
 def report(fig: Figures, *, zero_duplicates: bool = False) -> int:

@@ -4,6 +4,7 @@ while the input stream arrives in chunks; then a last run drains the stream and 
     python -m tests.chaos.crash_loop --kills 20 --events 3000            # at-least-once, hard kills
     python -m tests.chaos.crash_loop --kills 20 --events 3000 --exactly-once   # read_committed reader
     python -m tests.chaos.clean_stops --stops 10 --events 1500           # SIGTERM: zero duplicates
+    python -m tests.chaos.crash_loop --exactly-once --storage s3 ...     # broker on s3:// (storage_broker.py)
 
 Moments: each cycle sends the next chunk, starts the member, waits until it is ready, then kills it after a
 random 0.2..``max_gap_s`` s; some images are served slowly (1.5 s), so kills land during downloads,
@@ -77,8 +78,8 @@ def main() -> int:
     from tests.chaos.common import standalone_rig
 
     args = cli(__doc__.splitlines()[0], kills=20, events=3000, exactly_once=False, partitions=3, seed=11,
-               max_gap_s=4.0)
-    with standalone_rig(args.workdir) as rig:
+               max_gap_s=4.0, storage="memory")
+    with standalone_rig(args.workdir, args.storage) as rig:
         fig = kill_loop(rig, kills=args.kills, events=args.events, exactly_once=args.exactly_once,
                         partitions=args.partitions, seed=args.seed, max_gap_s=args.max_gap_s)
         print(f"[chaos] logs in {rig.workdir}")
