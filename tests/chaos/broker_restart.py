@@ -119,6 +119,7 @@ def restart(rig: Rig, *, restarts: int, down_s: float, long_down_s: float, event
             stop.wait(max(0.0, t0 + n * duration * batch / len(work.records) - time.monotonic()))
 
     kills: list[str] = []
+    kill_walls: list[float] = []
     broker_up: list[float] = []
     ups: list[float] = []
     pid = None
@@ -134,6 +135,7 @@ def restart(rig: Rig, *, restarts: int, down_s: float, long_down_s: float, event
             sig = signal.SIGKILL if r % 2 == 0 else signal.SIGTERM
             with send_lock:
                 down.set()
+                kill_walls.append(time.time())
                 kills.append(f"{sig.name}: {broker.crash(sig)}, down {downs[r]:.0f} s")
                 time.sleep(downs[r])
                 broker_up.append(broker.start_again())
@@ -180,9 +182,9 @@ def restart(rig: Rig, *, restarts: int, down_s: float, long_down_s: float, event
     text = member.log.read_text(errors="replace")
     assigned = [datetime.fromisoformat(orjson.loads(line)["timestamp"]).timestamp()
                 for line in text.splitlines() if '"partitions assigned"' in line]
-    assigned_s = []
-    for t in ups:
-        after = [a - t for a in assigned if a >= t - 1.0]
+    assigned_s = []  # per restart, broker up to "partitions assigned" before the next kill (None: never lost)
+    for t, until in zip(ups, [*kill_walls[1:], float("inf")], strict=True):
+        after = [a - t for a in assigned if t - 1.0 <= a < until]
         assigned_s.append(round(after[0], 1) if after else None)
     if set(during) != {200}:
         fig.problems.append(f"/livez while the broker was down answered {dict(during)} (want only 200)")
