@@ -11,7 +11,7 @@ help:
 	@echo "make demo   - install into .venv and run the end-to-end demo (embedded broker, sample catalog, demo model)"
 	@echo "make test   - install into .venv and run the whole test suite"
 	@echo "make lint   - ruff + import rules (.importlinter)"
-	@echo "make chaos  - fault-injection scenarios (crash loops, clean stops, rebalances, broker stall; docs/reliability.md)"
+	@echo "make chaos  - fault-injection scenarios (crash loops, clean stops, rebalances, broker stall and restart; docs/reliability.md)"
 	@echo "make bench  - benchmarks: pipeline, model throughput, image fetch (Markdown tables for docs/benchmarks.md)"
 
 # A first install puts torch (a CUDA build on x86_64) into .venv, about 6 GB: warn up front, so a pip
