@@ -47,8 +47,10 @@ def test_training_lowers_the_loss_and_resumes(trained: tuple[Path, Path, dict]) 
     # years outside the common ones of the training photos, and every fusion fit is judged on them as a group
     yf = manifest["year_fold"]
     assert yf["common_years"] and 0 < yf["rare_year_products"] < yf["val_products"]
-    cv = manifest["metrics"]["validation"]["color"]["text_pool"]["cv"]["only:bert"]  # BERT + wide text pool
-    assert {"hits:as-is", "hits:as-is/rare-year"} <= set(cv)
+    # (this catalogue has too few validation photos for fitted image modes; tests/test_models_year_fold.py
+    # checks the grouping of photo rows) the text-only fits are not grouped by year: rare is rare among photos
+    assert not any("rare-year" in key for mode in manifest["metrics"]["validation"]["article_type"].values()
+                   if isinstance(mode, dict) for cv in mode.get("cv", {}).values() for key in cv)
     for kind in ("text", "image"):
         assert hist[-1]["train_loss"][kind] < hist[0]["train_loss"][kind]
         assert min(h[f"val_loss_{kind}"] for h in hist) < hist[0][f"val_loss_{kind}"]

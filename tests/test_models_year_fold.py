@@ -20,6 +20,7 @@ from models.ensemble import select_pool
 from models.evaluate import parse_years
 from models.train import _year_groups
 from models.training.features import TaskData
+from models.training.fusion_fit import row_groups
 
 
 def test_common_years_cover_half_of_the_photos_from_the_most_common_year_down() -> None:
@@ -90,3 +91,11 @@ def test_parse_years_and_the_evaluate_flag_refuse_nonsense(tmp_path: Path) -> No
     res = CliRunner().invoke(app, ["evaluate", "--bundle", str(tmp_path), "--catalog", str(tmp_path),
                                    "--years", "2017-2015"])
     assert res.exit_code == 2 and "--years" in res.output
+
+
+def test_only_fits_with_the_photo_as_a_source_group_their_rows_by_year() -> None:
+    rows = [((0, "1"), ""), ((0, "2"), ""), ((0, "1"), "squash"), ((0, "2"), "letterbox")]
+    years = {(0, "2"): "rare-year"}
+    assert row_groups(rows, ["text", "image"], years) == ["as-is", "as-is/rare-year", "squash", "letterbox/rare-year"]
+    assert row_groups(rows, ["image"], years) == ["as-is", "as-is/rare-year", "squash", "letterbox/rare-year"]
+    assert row_groups(rows[:2], ["text"], years) == ["as-is", "as-is"]

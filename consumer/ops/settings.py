@@ -31,6 +31,7 @@ NOT_SETTINGS: dict[str, str] = {
     "ENRICH_TEST_BUNDLE": "tests only: reuse a tiny bundle trained earlier (tests/conftest.py, tests/chaos)",
     "ENRICH_CACHE_DIR": "`enrich demo --cache-dir`: where the sample catalog and demo bundle are cached",
     "ENRICH_GIT_REVISION": "the git revision reported by enrich_build_info (set when the image is built)",
+    "ENRICH_PG_BIN": "tests/chaos only: where the PostgreSQL server binaries are (tests/chaos/storage_broker.py)",
 }
 
 
