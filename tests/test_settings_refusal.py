@@ -223,3 +223,12 @@ def test_build_info_revision_comes_from_the_image_or_the_checkout(monkeypatch: p
     monkeypatch.delenv("ENRICH_GIT_REVISION")
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
     assert metrics.git_revision() == (head.stdout.strip() if head.returncode == 0 else "unknown")
+
+
+def test_demo_refuses_a_misspelt_variable_before_starting_anything(monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
+    monkeypatch.setenv("ENRICH_SHUTDOWN_GRACE", "5")
+    result = runner.invoke(app, ["demo", "--cache-dir", str(tmp_path / "cache")], terminal_width=200)
+    assert result.exit_code == 2
+    assert "ENRICH_SHUTDOWN_GRACE: no such setting; did you mean ENRICH_SHUTDOWN_GRACE_S?" in result.output
+    assert not (tmp_path / "cache").exists()  # no catalog generated, no bundle trained, no broker started

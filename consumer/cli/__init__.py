@@ -103,6 +103,9 @@ def demo(
 
     if catalog is not None and bundle is None:
         raise typer.BadParameter("a custom --catalog needs a --bundle trained on its attributes", param_hint="--bundle")
+    # the demo sets its own topics and broker, but reads the environment too: a stray ENRICH_* variable is
+    # refused up front with the same one-line-per-problem message as `enrich run`, before anything starts
+    load_settings({}, kafka=False)
     run_demo(catalog=catalog, bundle=bundle, products=products, cache=cache_dir, partitions=partitions, seed=seed)
 
 
