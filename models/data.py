@@ -9,6 +9,7 @@ exactly one split, for every task and every run, without a stored list.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,11 +80,8 @@ def common_years(years: Iterable[int | None], share: float = 0.5) -> frozenset[i
     same rule for a 500-product demo and a 40,000-product catalog) and always leaves the bulk of the photos
     in the common group, so both groups are large enough to judge a fusion on.
     """
-    counts: dict[int, int] = {}
-    for y in years:
-        if y is not None:
-            counts[y] = counts.get(y, 0) + 1
-    total, kept, out = sum(counts.values()), 0, set()
+    counts = Counter(y for y in years if y is not None)
+    total, kept, out = counts.total(), 0, set()
     for y, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
         if total and kept >= share * total:
             break

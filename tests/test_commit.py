@@ -16,6 +16,16 @@ def _not_member_count() -> float:
     return REGISTRY.get_sample_value("enrich_commits_total", {"outcome": "not_member"}) or 0.0
 
 
+def _first_message(consumer: Consumer, topic: str) -> None:
+    """Subscribe and poll until the first record arrives: the member has joined and holds the partition."""
+    consumer.subscribe([topic])
+    deadline = time.monotonic() + 60
+    msg = None
+    while time.monotonic() < deadline and (msg is None or msg.error()):
+        msg = consumer.poll(0.5)
+    assert msg is not None and not msg.error()
+
+
 def test_a_commit_after_leaving_the_group_is_a_membership_loss(broker) -> None:
     topic = f"commit-{uuid.uuid4().hex[:8]}"
     producer = Producer({"bootstrap.servers": broker.bootstrap_servers})
@@ -28,12 +38,7 @@ def test_a_commit_after_leaving_the_group_is_a_membership_loss(broker) -> None:
                          "session.timeout.ms": 2000, "heartbeat.interval.ms": 500, "max.poll.interval.ms": 2000,
                          "enable.auto.commit": False, "auto.offset.reset": "earliest"})
     try:
-        consumer.subscribe([topic])
-        deadline = time.monotonic() + 60
-        msg = None
-        while time.monotonic() < deadline and (msg is None or msg.error()):
-            msg = consumer.poll(0.5)
-        assert msg is not None and not msg.error()
+        _first_message(consumer, topic)
         commit_offsets(consumer, {(topic, 0): 1})  # a member: accepted
         before = _not_member_count()
         time.sleep(3)  # past max.poll.interval.ms without polling: librdkafka leaves the group
@@ -75,12 +80,7 @@ def test_a_commit_while_the_broker_is_away_is_deferred_not_fatal() -> None:
                              "session.timeout.ms": 6000, "enable.auto.commit": False, "auto.offset.reset": "earliest",
                              "log_level": 0})
         try:
-            consumer.subscribe([topic])
-            deadline = time.monotonic() + 60
-            msg = None
-            while time.monotonic() < deadline and (msg is None or msg.error()):
-                msg = consumer.poll(0.5)
-            assert msg is not None and not msg.error()
+            _first_message(consumer, topic)
             private.stop()  # the broker process is gone (killed, restarting)
             time.sleep(1.0)
             state = PartitionState((topic, 0))

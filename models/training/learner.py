@@ -67,7 +67,6 @@ def fit_models(models: Mapping[str, torch.nn.Module], data: Mapping[str, Sequenc
     """
     assert isinstance(models["image"], MultiTaskImageModel) and isinstance(models["text"], MultiTaskTextModel)
     image_model, text_model = models["image"], models["text"]
-    dev = device
     train_ds = [d for d in data["train"] if len(d.ids)]
     sampler = MultiDatasetSampler([len(d.ids) for d in train_ds], cfg.batch_size,
                                   [dw.get(f"{d.catalog}:{d.kind}", 1.0) for d in train_ds], seed=cfg.seed)
@@ -118,8 +117,8 @@ def fit_models(models: Mapping[str, torch.nn.Module], data: Mapping[str, Sequenc
             d = train_ds[di]
             m = models[d.kind]
             fn = _text_logits if d.kind == "text" else _image_logits
-            logits = fn(m, d, idx, dev)  # type: ignore[arg-type]
-            loss, _parts = masked_multitask_loss(logits, _targets(d, idx, names, dev), tw)
+            logits = fn(m, d, idx, device)  # type: ignore[arg-type]
+            loss, _parts = masked_multitask_loss(logits, _targets(d, idx, names, device), tw)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -133,7 +132,7 @@ def fit_models(models: Mapping[str, torch.nn.Module], data: Mapping[str, Sequenc
             vds = [d for d in data["val"] if d.kind == kind and len(d.ids)]
             if not vds:
                 continue
-            vl, vacc = _val_loss(m, vds, names, dev, tw)
+            vl, vacc = _val_loss(m, vds, names, device, tw)
             rec[f"val_loss_{kind}"] = vl
             rec[f"val_accuracy_{kind}"] = {a: round(v, 4) for a, v in vacc.items()}
             # lower is better: the loss, or minus the mean task accuracy (a model that keeps getting more
