@@ -11,7 +11,13 @@ modality:
 * ``coverage``: such products over ``n``: a product with no photo counts as not covered for ``image``.
 
 ``text`` is the text modality as served: the BERT model pooled with the bundle's wide TF-IDF model
-(``Bundle.predict_texts``); ``image`` the image model alone; ``ensemble`` everything. ``components`` reports
+(``Bundle.predict_texts``); ``image`` the image model alone; ``ensemble`` everything, fused as the bundle's
+fusion fit it. ``guarded`` is what a running consumer publishes: the same fusion, with the drift guard
+(``Bundle.drift_guard``, a fresh one) fed the rows in catalog order as a stream would feed it, so an attribute
+whose image-text agreement has fallen below its training-time band is fused from the text alone from the
+moment the guard switches it (report key ``drift_guard``: when each attribute switched, and which are switched
+at the end). On traffic like validation the two are equal; under a shift the guard has seen, ``guarded`` is
+what downstream gets. ``components`` reports
 each text source before pooling (``text_bert``, ``text_wide``: accuracy of its top prediction), so the gain
 of the pool is visible.
 
@@ -25,7 +31,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +49,7 @@ from models.text_clean import mentions, remove_words
 from models.train import load_image, prefetch
 
 log = logging.getLogger(__name__)
-MODALITIES = ("image", "text", "ensemble")
+MODALITIES = ("image", "text", "ensemble", "guarded")
 
 
 def _color_words(bundle: Bundle) -> set[str]:
@@ -85,6 +91,10 @@ class Served:
     text_parts: list[dict[str, dict[str, np.ndarray]]]
     text_probs: list[dict[str, np.ndarray]]
     image_probs: list[dict[str, np.ndarray] | None]
+    #: per row, the attributes the drift guard had switched to text-only fusion when the row was fused
+    text_only: list[frozenset[str]] = field(default_factory=list)
+    #: the guard's switches over the rows: ``{"row", "attribute", "text_only", "agreement", "band_low", ...}``
+    guard_switches: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def has_image(self) -> np.ndarray:
@@ -92,7 +102,8 @@ class Served:
 
     def answers(self, b: Bundle, attr: str, rows: np.ndarray, modality: str) -> dict[str, np.ndarray]:
         """``pred``, ``conf``, ``has`` (the modality had input) and ``thr`` (the threshold of the fusion mode
-        used) for ``rows``, through ``b.ensemble.fuse`` exactly as :meth:`Bundle.combine` serves them."""
+        used) for ``rows``, through ``b.ensemble.fuse`` exactly as :meth:`Bundle.combine` serves them
+        (``guarded``: with the text-only attributes the drift guard had switched at that row)."""
         pred = np.zeros(len(rows), dtype=np.int64)
         conf = np.zeros(len(rows))
         has = np.zeros(len(rows), dtype=bool)
@@ -102,6 +113,8 @@ class Served:
             ip = self.image_probs[i].get(attr) if self.image_probs[i] and modality != "text" else None
             if tp is None and ip is None:
                 continue
+            if modality == "guarded" and tp is not None and self.text_only and attr in self.text_only[i]:
+                ip = None
             fused, mode = b.ensemble.fuse(attr, tp, ip, self.mentioned[i].get(attr, True))
             pred[j], conf[j], has[j] = int(fused.argmax()), float(fused.max()), True
             thr[j] = b.threshold(attr, mode)
@@ -138,8 +151,25 @@ def serve_rows(b: Bundle, rows: Sequence[Product], strip_words: set[str], progre
         if idx:
             for i, pr in zip(idx, b.predict_images([vs[i - s] for i in idx]), strict=True):
                 image_probs[i] = pr
-    return Served(texts, [b.mentioned(t) for t in texts], text_parts,
-                  [b.pool_text(tp) if tp else {} for tp in text_parts], image_probs)
+    text_probs = [b.pool_text(tp) if tp else {} for tp in text_parts]
+    text_only, switches = replay_guard(b, text_probs, image_probs)
+    return Served(texts, [b.mentioned(t) for t in texts], text_parts, text_probs, image_probs, text_only, switches)
+
+
+def replay_guard(b: Bundle, text_probs: Sequence[dict[str, np.ndarray]],
+                 image_probs: Sequence[dict[str, np.ndarray] | None],
+                 ) -> tuple[list[frozenset[str]], list[dict[str, Any]]]:
+    """Feed a fresh drift guard the rows in order, as ``consumer.stages.enricher`` does (observe a product,
+    then fuse it with the attributes switched at that moment). Returns each row's text-only attributes and
+    the switches (``GuardChange.to_json`` with the row index)."""
+    guard = b.drift_guard()
+    text_only: list[frozenset[str]] = []
+    switches: list[dict[str, Any]] = []
+    for i, (tp, ip) in enumerate(zip(text_probs, image_probs, strict=True)):
+        if ip is not None:
+            switches.extend({"row": i, **ch.to_json()} for ch in guard.observe(tp, [ip]))
+        text_only.append(frozenset(guard.text_only_attributes()))
+    return text_only, switches
 
 
 def evaluate_command(
@@ -191,13 +221,15 @@ def evaluate_command(
     Rows scored: the bundle's own split (``split`` in its manifest: the product-id hash, or ``year`` for a
     bundle trained on the time split, whose test rows are the latest catalogue years).
 
-    Report shape: ``{"attributes": {ATTR: {"image"|"text"|"ensemble": {"n", "n_input", "accuracy",
+    Report shape: ``{"attributes": {ATTR: {"image"|"text"|"ensemble"|"guarded": {"n", "n_input", "accuracy",
     "macro_f1", "precision", "coverage"}}}, "subsets": {"with_image": {...same...}, "unmentioned_with_image":
     {...same: products with a photo whose text names none of the attribute's values...}},
     "baselines": {"tfidf_logreg": {ATTR: {...}}}, "components": {ATTR: {"text_bert"|"text_wide": {"n_input",
     "accuracy", "with_image": {...}}}}, "comparisons": {ATTR: {"ensemble_vs_text" | "ensemble_vs_tfidf_logreg" |
-    "ensemble_vs_image_with_image" | "ensemble_vs_text_with_image": {"n", "a_only_right", "b_only_right",
-    "p_value"}}}, "bundle": {...}}``; fractions in 0..1 (``a`` is the ensemble; p: exact McNemar test). With
+    "ensemble_vs_image_with_image" | "ensemble_vs_text_with_image" | "guarded_vs_text" | "guarded_vs_ensemble" |
+    "guarded_vs_image_with_image": {"n", "a_only_right", "b_only_right", "p_value"}}}, "drift_guard":
+    {"watched", "order", "switches", "text_only_at_end"}, "bundle": {...}}``; fractions in 0..1 (``a`` is the
+    first named; p: exact McNemar test). With
     ``against``: ``"against": {"bundle", "same_split", "attributes": {ATTR: {"n", "accuracy_a", "accuracy_b",
     "a_only_right", "b_only_right", "p_value", "with_image": {...same...}, "modalities": {"image"|"text":
     {...same...}}}}}`` (``a``: this bundle; modalities: top-1 answers of each single model).
@@ -270,6 +302,9 @@ def evaluate_command(
             "ensemble_vs_text": paired(y, answered["ensemble"], answered["text"]),
             "ensemble_vs_image_with_image": paired(y, answered["ensemble"], answered["image"], sub),
             "ensemble_vs_text_with_image": paired(y, answered["ensemble"], answered["text"], sub),
+            "guarded_vs_text": paired(y, answered["guarded"], answered["text"]),
+            "guarded_vs_ensemble": paired(y, answered["guarded"], answered["ensemble"]),
+            "guarded_vs_image_with_image": paired(y, answered["guarded"], answered["image"], sub),
         }
         e = out["ensemble"]
         confusions[a] = (confusion_matrix(y[e["has"]], e["pred"][e["has"]], labels=np.arange(len(att.values))),
@@ -304,6 +339,9 @@ def evaluate_command(
         "path": str(bundle), "name": b.name, "version": b.version, "attributes": b.attributes,
         "thresholds": b.thresholds,
     }
+    report["drift_guard"] = {"watched": b.drift_guard().attributes, "order": "catalog",
+                             "switches": served.guard_switches,
+                             "text_only_at_end": sorted(served.text_only[-1]) if served.text_only else []}
     report["catalog"] = {"path": str(cat_path), "split": split, "rows": len(rows),
                          "with_image": int(has_img.sum()), "with_text": int(has_txt.sum()),
                          "strip_color_words": strip_color_words, "photo_shape": photo_shape,
@@ -442,13 +480,15 @@ def format_table(report: dict[str, Any], subset: str | None = None) -> str:
     baseline (two decimals: on ~4k products one product is 0.02 points)."""
     src = report if subset is None else report["subsets"][subset]
     bl = src.get("baselines", report.get("baselines", {}) if subset is None else {}).get("tfidf_logreg", {})
-    lines = ["| attribute | image acc % | text acc % | ensemble acc % | TF-IDF+LR acc % | ensemble prec @ cov % |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| attribute | image acc % | text acc % | ensemble acc % | guarded acc % | TF-IDF+LR acc % "
+             "| ensemble prec @ cov % |",
+             "|---|---|---|---|---|---|---|"]
     for a, r in src["attributes"].items():
         base = _pct(bl[a]["accuracy"]) if "accuracy" in bl.get(a, {}) else "–"  # --no-baseline
+        guarded = _pct(r["guarded"]["accuracy"]) if "guarded" in r else "–"  # reports of older versions
         lines.append(
             f"| {a} | {_pct(r['image']['accuracy'])} | {_pct(r['text']['accuracy'])} | "
-            f"{_pct(r['ensemble']['accuracy'])} | {base} | {_pct(r['ensemble']['precision'])} @ "
+            f"{_pct(r['ensemble']['accuracy'])} | {guarded} | {base} | {_pct(r['ensemble']['precision'])} @ "
             f"{_pct(r['ensemble']['coverage'])} |"
         )
     return "\n".join(lines)

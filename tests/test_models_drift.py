@@ -19,6 +19,7 @@ from models.bundle import Bundle
 from models.catalog.synthetic import generate_catalog
 from models.data import Product, read_catalog
 from models.drift import Band, DriftGuard, GuardChange, agreement_band
+from models.evaluate import evaluate_command, format_table
 from models.testing import tiny_bert_dir
 from models.train import load_image, train_command
 
@@ -49,7 +50,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> dict:
         return b.predict_images(views)
 
     return {"bundle": b, "products": prods, "texts": texts, "text": tp, "image": images(False),
-            "rotated": images(True)}
+            "rotated": images(True), "styles": styles}
 
 
 def _guard(b: Bundle, **kw: int) -> DriftGuard:
@@ -62,7 +63,10 @@ def test_training_stores_an_agreement_band_per_attribute(served: dict) -> None:
     assert set(drift) == set(m["attributes"])
     for a, d in drift.items():
         assert 0.0 <= d["agreement"] <= 1.0 and d["n"] >= 0
-        assert d["text_confidence"] == pytest.approx(m["thresholds"][a]["text"])  # the text-only threshold
+        if d["gate"] == "threshold":  # the text-only threshold, where enough validation texts reach it
+            assert d["text_confidence"] == pytest.approx(m["thresholds"][a]["text"])
+        else:  # else the most confident quarter: a lower gate, and a band for the guard all the same
+            assert d["gate"] == "top" and d["text_confidence"] < m["thresholds"][a]["text"] and d["n"] >= 30
         assert set(d["shifted"]) == {"letterbox"}  # the shift folds' agreement is recorded beside it
     # the synthetic photos carry their colour: image and text mostly agree on it at training time
     assert drift["color"]["agreement"] > 0.6 and drift["color"]["n"] >= 30
@@ -266,3 +270,58 @@ def test_stream_of_colour_rotated_photos_switches_colour_to_text_in_the_enricher
         got = e["event"]["attributes"]["color"]
         assert got["value"] == alone.value and got["confidence"] == pytest.approx(alone.confidence, abs=1e-4)
         assert got["evidence"]["image"] is not None
+
+
+def test_agreement_band_lowers_its_gate_when_too_few_texts_reach_the_threshold() -> None:
+    # 200 products, none with a text above 0.9 (season on a time split): the gate falls to the most confident
+    # quarter of the texts, so the attribute still gets a band the guard can use
+    rng = np.random.default_rng(0)
+    confs = rng.uniform(0.3, 0.8, size=200)
+    pairs = [(_p(0, conf=c), _p(0 if c > 0.7 else 1)) for c in confs]
+    d = agreement_band(pairs, text_confidence=0.9)
+    assert d["gate"] == "top" and d["n"] == 50
+    assert d["text_confidence"] == pytest.approx(np.sort(confs)[::-1][49])
+    assert d["agreement"] == pytest.approx(float(np.mean(np.sort(confs)[::-1][:50] > 0.7)))
+    assert DriftGuard.from_manifest({"drift": {"season": d}}).attributes == ["season"]
+    # enough confident texts: the threshold is kept
+    kept = agreement_band([(_p(0, conf=0.95), _p(0))] * 40, text_confidence=0.9)
+    assert kept["gate"] == "threshold" and kept["text_confidence"] == 0.9 and kept["n"] == 40
+    # too few products with both modalities: no lowering, the guard still refuses the band
+    few = agreement_band([(_p(0, conf=0.5), _p(0))] * 10, text_confidence=0.9)
+    assert few["n"] == 0 and DriftGuard.from_manifest({"drift": {"season": few}}).attributes == []
+
+
+def test_evaluate_reports_what_the_guarded_consumer_publishes(served: dict, tmp_path: Path) -> None:
+    """`enrich evaluate`'s ``guarded`` column replays the drift guard over the rows in catalog order: equal to
+    the fusion on photos like training's, the text's answer on colour once colour-rotated photos switch it."""
+    b: Bundle = served["bundle"]
+    styles: Path = served["styles"]
+    plain = evaluate_command(bundle=str(b.path), catalog=str(styles), split="all", progress=False, baseline=False)
+    assert plain["drift_guard"]["watched"] and plain["drift_guard"]["switches"] == []
+    for a, r in plain["attributes"].items():
+        assert r["guarded"] == r["ensemble"], a
+    assert "guarded acc %" in format_table(plain)
+
+    # the same catalog with every photo's colours rotated (R, G, B) -> (G, B, R)
+    rotated = tmp_path / "rotated"
+    for f in styles.parent.rglob("*"):
+        dst = rotated / f.relative_to(styles.parent)
+        if f.is_dir():
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if f.suffix.lower() in {".jpg", ".jpeg", ".png"}:
+            r, g, bl = Image.open(f).convert("RGB").split()
+            Image.merge("RGB", (g, bl, r)).save(dst)
+        else:
+            dst.write_bytes(f.read_bytes())
+    rep = evaluate_command(bundle=str(b.path), catalog=str(rotated / styles.name), split="all", progress=False,
+                           baseline=False, attributes=["color"])
+    switched = [s for s in rep["drift_guard"]["switches"] if s["attribute"] == "color" and s["text_only"]]
+    assert switched and "color" in rep["drift_guard"]["text_only_at_end"]
+    w = rep["subsets"]["with_image"]["attributes"]["color"]
+    # the fusion on rotated photos is below the text; what the guarded consumer publishes is not (rows after
+    # the switch are the text's answers, the rows before it the fusion's)
+    assert w["ensemble"]["accuracy"] < w["text"]["accuracy"]
+    assert w["guarded"]["accuracy"] > w["ensemble"]["accuracy"]
+    c = rep["comparisons"]["color"]["guarded_vs_ensemble"]
+    assert c["a_only_right"] > c["b_only_right"]

@@ -77,7 +77,7 @@ def test_bundle_serves_and_evaluates(trained: tuple[Path, Path, dict], tmp_path:
     assert report["catalog"]["split"] == "test"
     for attr, mods in report["attributes"].items():
         assert attr in b.attributes
-        for m in ("image", "text", "ensemble"):
+        for m in ("image", "text", "ensemble", "guarded"):
             r = mods[m]
             assert {"n", "accuracy", "macro_f1", "precision", "coverage"} <= set(r)
             assert all(0.0 <= r[k] <= 1.0 for k in ("accuracy", "macro_f1", "precision", "coverage"))
@@ -86,7 +86,8 @@ def test_bundle_serves_and_evaluates(trained: tuple[Path, Path, dict], tmp_path:
     assert set(report["components"]["color"]) == {"text_bert", "text_wide"}
     cmp = report["comparisons"]["color"]
     assert set(cmp) == {"ensemble_vs_text", "ensemble_vs_tfidf_logreg", "ensemble_vs_image_with_image",
-                        "ensemble_vs_text_with_image"}
+                        "ensemble_vs_text_with_image", "guarded_vs_text", "guarded_vs_ensemble",
+                        "guarded_vs_image_with_image"}
     assert cmp["ensemble_vs_text"]["n"] == report["attributes"]["color"]["ensemble"]["n"]
     assert 0.0 < cmp["ensemble_vs_text"]["p_value"] <= 1.0
     unm = report["subsets"]["unmentioned_with_image"]["attributes"]["color"]["ensemble"]
@@ -129,6 +130,7 @@ def test_cli_evaluate_one_attribute_without_colour_words(trained: tuple[Path, Pa
     assert "| attribute | image acc % | text acc % | ensemble acc % |" in result.output
     assert f"| color | {100 * report['attributes']['color']['image']['accuracy']:.2f} |" in result.output
     assert f"{100 * ens:.2f}" in result.output and "rows with a photo:" in result.output
+    assert "drift guard (catalog order, watching " in result.output  # what a guarded consumer would switch
     assert f"report: {out}" in result.output
 
 

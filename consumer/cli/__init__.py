@@ -254,6 +254,10 @@ def evaluate(
                f"{cat['rows']} rows, {cat['with_image']} with a photo) in {report['seconds']} s\n")
     typer.echo(format_table(report) + "\n")
     typer.echo("rows with a photo:\n" + format_table(report, "with_image") + "\n")
+    dg = report["drift_guard"]
+    typer.echo(f"drift guard (catalog order, watching {', '.join(dg['watched']) or 'nothing'}): "
+               + (", ".join(f"{s['attribute']} to {'text' if s['text_only'] else 'fusion'} at row {s['row']}"
+                            for s in dg["switches"]) or "no switch") + "\n")
     if "against" in report:
         typer.echo(format_against(report) + "\n")
     if json_out:
