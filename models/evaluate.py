@@ -27,8 +27,10 @@ trained on (by resolved path), and every row otherwise (a new catalog: e.g. phot
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,6 +49,8 @@ from models.data import Product, read_catalog
 from models.taxonomy import KAGGLE_COLUMNS
 from models.text_clean import mentions, remove_words
 from models.train import load_image, prefetch
+from models.training.config import EvaluateConfig, flag_help
+from models.training.config import parse_years as parse_years  # re-exported: it lived here
 
 log = logging.getLogger(__name__)
 MODALITIES = ("image", "text", "ensemble", "guarded")
@@ -172,51 +176,14 @@ def replay_guard(b: Bundle, text_probs: Sequence[dict[str, np.ndarray]],
     return text_only, switches
 
 
-def evaluate_command(
-    *,
-    bundle: str,
-    catalog: str,
-    json_out: str | None = None,
-    plots: str | None = None,
-    split: str = "auto",
-    baseline: bool = True,
-    strip_color_words: bool = False,
-    max_products: int | None = None,
-    attributes: Sequence[str] | None = None,
-    device: str = "auto",
-    progress: bool = True,
-    against: str | None = None,
-    photo_shape: str | None = None,
-    years: str | None = None,
-) -> dict[str, Any]:
+def evaluate_command(config: EvaluateConfig | None = None, /, **options: Any) -> dict[str, Any]:
     """Evaluate a bundle on a Kaggle-format catalog; returns (and optionally writes) the JSON report.
 
-    CLI (``enrich evaluate``)::
+    ``config`` (an :class:`EvaluateConfig`) and/or keyword options (its field names: ``bundle``, ``catalog``,
+    ``json_out``, ...); every option and its help is declared once, in ``models/training/config.py``. CLI
+    (``enrich evaluate``), one flag per option (``--json`` is ``json_out``)::
 
-      --bundle DIR                 trained bundle
-      --catalog PATH               Kaggle-format styles.csv (or its directory); photos of any size or shape
-      --json FILE                  write the JSON report here (maps to json_out)
-      --plots DIR                  write PNG confusion matrices and precision-coverage curves here
-                                   [next to --json, else none]
-      --split auto|test|val|train|all  rows to score; auto = the held-out test split for a training catalog,
-                                   all rows for any other catalog [auto]
-      --baseline / --no-baseline   also fit TF-IDF + logistic regression on the same split's train titles
-                                   and score it on the same rows [baseline]
-      --strip-color-words          remove every colour word from titles/descriptions first (shows how much
-                                   colour the image carries)
-      --max-products INT           score at most this many rows (quick checks)
-      --attribute NAME (repeatable) only these attributes [all of the bundle's]
-      --device TEXT                auto | cpu | cuda [auto]
-      --progress / --no-progress   progress bars [progress]
-      --against DIR                another bundle (e.g. the one serving now) scored on the same rows:
-                                   accuracy of both ensembles, and of each single model, with the paired
-                                   test (report key ``against``)
-      --photo-shape squash|letterbox  serve every photo at the retailer's 3:4 shape first: un-squashed (the
-                                   preprocess squashes it back) or letterboxed into a white square (the
-                                   photo-shape shift check; report key ``catalog.photo_shape``)
-      --years LIST                 only products of these catalogue years, e.g. 2012,2015-2017 (the year
-                                   shift inside a split: years few training photos come from; report key
-                                   ``catalog.years``)
+{FLAGS}
 
     Rows scored: the bundle's own split (``split`` in its manifest: the product-id hash, or ``year`` for a
     bundle trained on the time split, whose test rows are the latest catalogue years).
@@ -234,23 +201,25 @@ def evaluate_command(
     "a_only_right", "b_only_right", "p_value", "with_image": {...same...}, "modalities": {"image"|"text":
     {...same...}}}}}`` (``a``: this bundle; modalities: top-1 answers of each single model).
     """
+    cfg = dataclasses.replace(config, **options) if config is not None else EvaluateConfig(**options)
     t0 = time.monotonic()
-    b = Bundle.load(bundle, device=device)
-    cat_path = Path(catalog)
+    b = Bundle.load(cfg.bundle, device=cfg.device)
+    cat_path = Path(cfg.catalog)
     if cat_path.is_dir():
         cat_path = cat_path / "styles.csv"
     products = read_catalog(cat_path, [a for a in b.attributes if a not in KAGGLE_COLUMNS])  # add-heads' columns
     spec = b.spec.split
+    split = cfg.split
     if split == "auto":
         split = "test" if str(cat_path.resolve()) in _training_catalogs(b) else "all"
     rows = products if split == "all" else [p for p in products if spec.of(p.id, p.year) == split]
-    if years:
-        wanted_years = parse_years(years)
+    wanted_years = cfg.year_set
+    if wanted_years is not None:
         rows = [p for p in rows if p.year in wanted_years]
-    if max_products:
-        rows = rows[:max_products]
-    words = _color_words(b) if strip_color_words else set()
-    served = serve_rows(b, rows, words, progress, photo_shape)
+    if cfg.max_products:
+        rows = rows[:cfg.max_products]
+    words = _color_words(b) if cfg.strip_color_words else set()
+    served = serve_rows(b, rows, words, cfg.progress, cfg.photo_shape)
     texts, text_parts = served.texts, served.text_parts
     has_img = served.has_image
     has_txt = np.array([bool(t) for t in served.text_probs])
@@ -261,7 +230,7 @@ def evaluate_command(
     preds: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     confusions: dict[str, tuple[np.ndarray, list[str]]] = {}
-    attrs = [a for a in b.attributes if not attributes or a in attributes]
+    attrs = [a for a in b.attributes if not cfg.attributes or a in cfg.attributes]
     for a in attrs:
         att = b.taxonomy.attributes[a]
         y_all = np.array([att.encode(p.labels.get(a)) for p in rows])
@@ -310,7 +279,7 @@ def evaluate_command(
         confusions[a] = (confusion_matrix(y[e["has"]], e["pred"][e["has"]], labels=np.arange(len(att.values))),
                          att.values)
 
-    if baseline:
+    if cfg.baseline:
         train_rows = [p for p in products if spec.of(p.id, p.year) == "train"]
         if split in ("all", "train") or not train_rows:
             log.warning("baseline skipped: needs a held-out split of a training catalog")
@@ -332,11 +301,11 @@ def evaluate_command(
             report["baselines"]["tfidf_logreg"] = bl
             report["subsets"]["with_image"]["baselines"] = {"tfidf_logreg": bl_img}
 
-    if against:
-        report["against"] = compare_bundles(b, served, Bundle.load(against, device=device), rows, attrs,
-                                            strip_color_words, progress)
+    if cfg.against:
+        report["against"] = compare_bundles(b, served, Bundle.load(cfg.against, device=cfg.device), rows, attrs,
+                                            cfg.strip_color_words, cfg.progress)
     report["bundle"] = {
-        "path": str(bundle), "name": b.name, "version": b.version, "attributes": b.attributes,
+        "path": cfg.bundle, "name": b.name, "version": b.version, "attributes": b.attributes,
         "thresholds": b.thresholds,
     }
     report["drift_guard"] = {"watched": b.drift_guard().attributes, "order": "catalog",
@@ -344,11 +313,12 @@ def evaluate_command(
                              "text_only_at_end": sorted(served.text_only[-1]) if served.text_only else []}
     report["catalog"] = {"path": str(cat_path), "split": split, "rows": len(rows),
                          "with_image": int(has_img.sum()), "with_text": int(has_txt.sum()),
-                         "strip_color_words": strip_color_words, "photo_shape": photo_shape,
-                         "split_method": spec.method, "years": years}
+                         "strip_color_words": cfg.strip_color_words, "photo_shape": cfg.photo_shape,
+                         "split_method": spec.method, "years": cfg.years}
     report["seconds"] = round(time.monotonic() - t0, 1)
-    plot_dir = Path(plots) if plots else (Path(json_out).with_name(Path(json_out).stem + "_plots")
-                                          if json_out else None)
+    json_out = cfg.json_out
+    plot_dir = Path(cfg.plots) if cfg.plots else (Path(json_out).with_name(Path(json_out).stem + "_plots")
+                                                  if json_out else None)
     if plot_dir is not None:
         write_plots(plot_dir, curves, confusions, report)
         report["plots"] = str(plot_dir)
@@ -358,15 +328,9 @@ def evaluate_command(
     return report
 
 
-def parse_years(text: str) -> frozenset[int]:
-    """``"2012,2015-2017"`` -> {2012, 2015, 2016, 2017}; anything else is a ``ValueError`` naming the part."""
-    out: set[int] = set()
-    for part in (x.strip() for x in text.split(",")):
-        lo, dash, hi = part.partition("-")
-        if not lo.isdigit() or (dash and not hi.isdigit()) or (dash and int(hi) < int(lo)):
-            raise ValueError(f"years: {part!r} is not a year or a range like 2015-2017")
-        out.update(range(int(lo), int(hi or lo) + 1))
-    return frozenset(out)
+if evaluate_command.__doc__:  # the flag list, generated from EvaluateConfig (one declaration of every option)
+    evaluate_command.__doc__ = evaluate_command.__doc__.replace(
+        "{FLAGS}", textwrap.indent(flag_help(EvaluateConfig), "    "))
 
 
 def _training_catalogs(b: Bundle) -> list[str]:

@@ -18,8 +18,10 @@ the base bundle did, and the manifest records the base version under ``heads_add
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
+import textwrap
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,6 +37,7 @@ from models.data import SplitSpec, read_catalog, sample_products
 from models.ensemble import Ensemble
 from models.taxonomy import KAGGLE_COLUMNS, Taxonomy, check_attribute_names
 from models.train import TaskData, cached_datasets, embed_dataset, fit_ensemble, unmentioned_text_probs
+from models.training.config import AddHeadsConfig, flag_help
 from models.wide import class_params
 
 log = logging.getLogger(__name__)
@@ -93,80 +96,45 @@ def fit_head(z_train: np.ndarray, y_train: np.ndarray, z_val: np.ndarray, y_val:
     return torch.from_numpy(w.astype(np.float32)), torch.from_numpy(b.astype(np.float32)), info
 
 
-def add_heads_command(
-    *,
-    bundle: str,
-    catalog: str,
-    out: str,
-    attributes: Sequence[str],
-    replace: bool = False,
-    name: str | None = None,
-    min_class_count: int = 20,
-    target_precision: float = 0.9,
-    linear_text: bool = True,
-    linear_c: float = 10.0,
-    mention_fusion: str = "",
-    seed: int | None = None,
-    max_products: int | None = None,
-    work_dir: str | None = None,
-    device: str = "auto",
-    threads: int | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
+def add_heads_command(config: AddHeadsConfig | None = None, /, **options: Any) -> dict[str, Any]:
     """Write a copy of ``bundle`` with heads for ``attributes`` trained on ``catalog``; returns a summary.
 
-    CLI (``enrich add-heads``)::
+    ``config`` (an :class:`AddHeadsConfig`) and/or keyword options (its field names: ``bundle``, ``catalog``,
+    ``out``, ``attributes``, ...); every option and its help is declared once, in
+    ``models/training/config.py``. CLI (``enrich add-heads``), one flag per option::
 
-      --bundle DIR               the trained bundle whose trunks are reused (left untouched)
-      --catalog PATH             Kaggle-format styles.csv carrying the new attributes' columns (a column
-                                 named like the attribute, e.g. ``sleeve_length``, or a Kaggle column)
-      --out DIR                  the new bundle (must differ from --bundle)
-      --attribute NAME (repeatable, required)  the attributes to add
-      --replace                  also allow attributes the bundle has: their heads, pools, fusion and
-                                 thresholds are retrained (new values, relabelled data)
-      --name TEXT                bundle name [the base bundle's]
-      --min-class-count INT      values rarer than this in train merge into "other" [20]
-      --target-precision FLOAT   the new attributes' thresholds reach this validation precision [0.9]
-      --linear-text / --no-linear-text  also fit the wide TF-IDF model's head (when the bundle has one) [on]
-      --linear-c FLOAT           its inverse L2 strength [10]
-      --mention-fusion TEXT      new attributes that also get "-unmentioned" fusion modes [none]
-      --seed INT                 split seed [the bundle's]: with the bundle's own catalog, its test split
-                                 stays unseen
-      --max-products INT         at most this many products of the catalog (quick runs)
-      --work-dir DIR             feature caches; pass ``enrich train``'s to reuse its caches [<out>.work]
-      --device, --threads, --progress  as for ``enrich train``
+{FLAGS}
     """
+    cfg = dataclasses.replace(config, **options) if config is not None else AddHeadsConfig(**options)
     t0 = time.monotonic()
-    if threads:
-        torch.set_num_threads(threads)
-    wanted = list(dict.fromkeys(attributes))
-    if not wanted:
-        raise ValueError("name at least one --attribute to add")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    wanted = list(dict.fromkeys(cfg.attributes))  # at least one: AddHeadsConfig refuses none
     check_attribute_names(wanted)
-    out_dir, base_dir = Path(out), Path(bundle)
+    out_dir, base_dir = Path(cfg.out), Path(cfg.bundle)
     if out_dir.resolve() == base_dir.resolve():
         raise ValueError("--out must differ from --bundle: a bundle is never modified in place (its version is "
                          "a content hash that deployments pin)")
-    dev = resolve_device(device)
+    dev = resolve_device(cfg.device)
     base = Bundle.load(base_dir, device=str(dev))
     existing = [a for a in wanted if a in base.attributes]
-    if existing and not replace:
+    if existing and not cfg.replace:
         raise ValueError(f"the bundle already has {', '.join(existing)}; pass --replace to retrain those heads")
     man = base.manifest
     base_split = base.spec.split
-    split_seed = base_split.seed if seed is None else seed
+    split_seed = base_split.seed if cfg.seed is None else cfg.seed
     split_spec = SplitSpec(base_split.method, split_seed, base_split.fractions, base_split.val_from,
                            base_split.test_from)
 
     # 1. data and the new attributes' taxonomy
-    prods = sample_products(read_catalog(catalog, [a for a in wanted if a not in KAGGLE_COLUMNS]),
-                            max_products, split_seed)
+    prods = sample_products(read_catalog(cfg.catalog, [a for a in wanted if a not in KAGGLE_COLUMNS]),
+                            cfg.max_products, split_seed)
     split = split_spec.split(prods)
-    new_tax = Taxonomy.build([p.labels for p in split["train"]], wanted, min_count=min_class_count)
+    new_tax = Taxonomy.build([p.labels for p in split["train"]], wanted, min_count=cfg.min_class_count)
     unusable = [a for a in wanted if a not in new_tax.attributes]
     if unusable:
-        raise ValueError(f"{', '.join(unusable)}: fewer than two values with at least {min_class_count} labelled "
-                         f"training rows in {catalog} (is the column there? lower --min-class-count?)")
+        raise ValueError(f"{', '.join(unusable)}: fewer than two values with at least {cfg.min_class_count} labelled "
+                         f"training rows in {cfg.catalog} (is the column there? lower --min-class-count?)")
     names = new_tax.names
     ncls = new_tax.num_classes()
     models = {k: m for k, m in (("image", base.image_model), ("text", base.text_model)) if m is not None}
@@ -175,7 +143,7 @@ def add_heads_command(
             model.add_head(a, ncls[a], replace=True)
 
     # 2. frozen features (bottom caches shared with `enrich train`), then one linear head per attribute
-    work = Path(work_dir) if work_dir else out_dir.with_name(out_dir.name + ".work")
+    work = Path(cfg.work_dir) if cfg.work_dir else out_dir.with_name(out_dir.name + ".work")
     cache_dir = work / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
     training = man.get("training", {})
@@ -183,7 +151,7 @@ def add_heads_command(
     backbone = (man.get("image") or {}).get("backbone", {})
     image_source = f"{backbone.get('name')}-{backbone.get('top_blocks', 1)}"
     data = cached_datasets([split], new_tax, base.text_model, base.tokenizer, base.text_max_len, text_source,
-                           base.image_model, base.preprocess, image_source, dev, cache_dir, progress)
+                           base.image_model, base.preprocess, image_source, dev, cache_dir, cfg.progress)
     t_cache = time.monotonic() - t0
     head_info: dict[str, dict[str, Any]] = {a: {} for a in names}
     t_features: dict[str, float] = {}
@@ -211,23 +179,23 @@ def add_heads_command(
                          "labelled; nothing to train a head on")
 
     # 3. the wide model's heads, on its existing vocabularies
-    wide = base.wide if linear_text else None
+    wide = base.wide if cfg.linear_text else None
     if base.wide is not None:
         for a in existing:
             base.wide.heads.pop(a, None)  # a replaced attribute's old head has the old classes
     tr_text = [d for d in data["train"] if d.kind == "text" and len(d.ids)]
     if wide is not None and tr_text:
         wide.fit_heads([t for d in tr_text for t in d.texts], np.concatenate([d.labels for d in tr_text]), names,
-                       ncls, c=linear_c)
+                       ncls, c=cfg.linear_c)
 
     # 4. pools, fusion, thresholds for the new attributes only (validation rows), merged into the base's
-    mention_attrs = [a.strip() for a in mention_fusion.split(",") if a.strip() in names]
+    mention_attrs = [a.strip() for a in cfg.mention_fusion.split(",") if a.strip() in names]
     unmentioned: dict[str, Any] = {}
     if base.text_model is not None and mention_attrs:
         unmentioned = unmentioned_text_probs(base.text_model, base.tokenizer, base.text_max_len, data["val"],
-                                             new_tax, base.wide, dev, mention_attrs, progress=progress)
-    ens, thresholds, val_metrics, text_fusion, drift = fit_ensemble(models, data["val"], new_tax, dev, target_precision,
-                                                             wide=base.wide, unmentioned=unmentioned)
+                                             new_tax, base.wide, dev, mention_attrs, progress=cfg.progress)
+    ens, thresholds, val_metrics, text_fusion, drift = fit_ensemble(
+        models, data["val"], new_tax, dev, cfg.target_precision, wide=base.wide, unmentioned=unmentioned)
     taxonomy = Taxonomy({**base.taxonomy.attributes, **new_tax.attributes})
     ensemble = Ensemble({**base.ensemble.params, **ens.params})
     pools = {a: p for a, p in base.text_fusion.items() if a not in names} | text_fusion
@@ -236,17 +204,17 @@ def add_heads_command(
     metrics = dict(man.get("metrics") or {})
     metrics["validation"] = {**(metrics.get("validation") or {}), **val_metrics}
     record = {
-        "base": {"name": base.name, "version": base.version}, "catalog": str(catalog), "attributes": names,
-        "replaced": existing, "split_seed": split_seed, "heads": head_info, "max_products": max_products,
-        "target_precision": target_precision, "linear_text": wide is not None, "linear_c": linear_c,
-        "mention_fusion": mention_fusion,
+        "base": {"name": base.name, "version": base.version}, "catalog": cfg.catalog, "attributes": names,
+        "replaced": existing, "split_seed": split_seed, "heads": head_info, "max_products": cfg.max_products,
+        "target_precision": cfg.target_precision, "linear_text": wide is not None, "linear_c": cfg.linear_c,
+        "mention_fusion": cfg.mention_fusion,
         "seconds": {"cache": round(t_cache, 1), "features": t_features, "heads": round(t_heads, 1),
                     "total": round(time.monotonic() - t0, 1)},
     }
     keep = {k: man[k] for k in ("split", "training", "photo_shapes") if k in man}
     keep["drift"] = {a: d for a, d in (man.get("drift") or {}).items() if a not in names} | drift
     version = save_bundle(
-        out_dir, name=name or base.name, taxonomy=taxonomy, image_model=base.image_model,
+        out_dir, name=cfg.name or base.name, taxonomy=taxonomy, image_model=base.image_model,
         image_preprocess=base.preprocess, image_backbone=backbone, text_model=base.text_model,
         encoder_dir=base_dir / ENCODER_DIR, text_max_len=base.text_max_len, ensemble=ensemble,
         thresholds={**base.thresholds, **thresholds}, metrics=metrics, wide=base.wide, text_fusion=pools,
@@ -255,6 +223,11 @@ def add_heads_command(
     return {"bundle": str(out_dir), "version": version, "base_version": base.version, "added": names,
             "replaced": existing, "heads": head_info, "validation": {a: val_metrics[a] for a in names},
             "seconds": round(time.monotonic() - t0, 1)}
+
+
+if add_heads_command.__doc__:  # the flag list, generated from AddHeadsConfig (one declaration of every option)
+    add_heads_command.__doc__ = add_heads_command.__doc__.replace(
+        "{FLAGS}", textwrap.indent(flag_help(AddHeadsConfig), "    "))
 
 
 def summary_rows(summary: Mapping[str, Any]) -> list[tuple[str, str, str]]:

@@ -6,10 +6,11 @@ and ``enrich check-config`` answer instantly.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -109,6 +110,30 @@ def demo(
     run_demo(catalog=catalog, bundle=bundle, products=products, cache=cache_dir, partitions=partitions, seed=seed)
 
 
+_C = TypeVar("_C")
+
+
+def _config(config_type: type[_C], values: dict[str, Any]) -> _C:
+    """``config_type(**values)``, an invalid value exiting 2 with the message and the flag it names (the option
+    whose field name the message mentions first, as a whole word)."""
+    from models.training.config import options
+
+    try:
+        return config_type(**values)
+    except ValueError as exc:
+        msg = str(exc)
+        named = [(m.start(), o.flag) for o in options(config_type)
+                 if (m := re.search(rf"\b{re.escape(o.name)}\b", msg))]
+        raise typer.BadParameter(msg, param_hint=min(named)[1] if named else None) from None
+
+
+def _required(config_type: Any) -> tuple[str, ...]:
+    """The fields of a config without a default: required flags."""
+    from models.training.config import options
+
+    return tuple(o.name for o in options(config_type) if o.required)
+
+
 def _train_command() -> Any:
     """``enrich train``, its flags generated from ``models.training.config.TrainConfig`` (each option and its
     help declared once there; consumer/cli/flags.py maps them onto typer options, as it does the settings
@@ -124,12 +149,7 @@ def _train_command() -> Any:
         """
         from models.train import train_command
 
-        try:
-            config = TrainConfig(**options_)
-        except ValueError as exc:
-            flag = next((o.flag for o in options() if o.name in str(exc)), None)
-            raise typer.BadParameter(str(exc), param_hint=flag) from None
-        summary = train_command(config)
+        summary = train_command(_config(TrainConfig, options_))
         typer.echo(f"bundle {summary['bundle']} version {summary['version']} in {summary['seconds']:.0f}s")
 
     return with_flags(train_flags(options(), required=("catalog", "out")))(train)
@@ -138,130 +158,65 @@ def _train_command() -> Any:
 app.command("train")(_train_command())
 
 
-@app.command("add-heads")
-def add_heads(
-    bundle: Annotated[Path, typer.Option(help="Trained bundle whose trunks are reused (left untouched).")],
-    catalog: Annotated[
-        Path, typer.Option(help="Kaggle-format styles.csv with the new attributes' columns (named like them).")
-    ],
-    out: Annotated[Path, typer.Option(help="The new bundle's directory (not --bundle's).")],
-    attribute: Annotated[list[str], typer.Option(help="Attribute to add (repeatable); its column in --catalog.")],
-    replace: Annotated[
-        bool, typer.Option(help="Allow attributes the bundle has: retrain their heads, fusion and thresholds.")
-    ] = False,
-    name: Annotated[str | None, typer.Option(help="Bundle name [the base bundle's].")] = None,
-    min_class_count: Annotated[int, typer.Option(help='Values rarer than this merge into "other".')] = 20,
-    target_precision: Annotated[float, typer.Option(help="The new thresholds reach this precision.")] = 0.9,
-    linear_text: Annotated[bool, typer.Option(help="Also fit a head on the bundle's TF-IDF text model.")] = True,
-    linear_c: Annotated[float, typer.Option(help="Inverse L2 strength of that head.")] = 10.0,
-    mention_fusion: Annotated[
-        str, typer.Option(help="New attributes that also get fusion modes for texts naming none of their values.")
-    ] = "",
-    seed: Annotated[int | None, typer.Option(help="Split seed [the bundle's: its test split stays unseen].")] = None,
-    max_products: Annotated[int | None, typer.Option(help="At most this many products of the catalog.")] = None,
-    work_dir: Annotated[
-        Path | None, typer.Option(help="Feature caches; enrich train's --work-dir reuses its caches [<out>.work].")
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
-    threads: Annotated[int | None, typer.Option(help="torch CPU threads [all cores].")] = None,
-    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
-) -> None:
-    """Add heads for new attributes to a trained bundle, on its frozen trunks (minutes, not a retraining).
+def _add_heads_command() -> Any:
+    """``enrich add-heads``, its flags generated from ``models.training.config.AddHeadsConfig``."""
+    from models.training.config import AddHeadsConfig, options
 
-    Every existing attribute keeps its head, fusion and thresholds, so the new bundle answers them exactly as
-    the base bundle does; the new ones are scored on the catalog's validation rows (see enrich evaluate).
-    """
-    from models.heads import add_heads_command, summary_rows
+    def add_heads(**options_: Any) -> None:
+        """Add heads for new attributes to a trained bundle, on its frozen trunks (minutes, not a retraining).
 
-    try:
-        summary = add_heads_command(
-            bundle=str(bundle), catalog=str(catalog), out=str(out), attributes=attribute, replace=replace,
-            name=name, min_class_count=min_class_count, target_precision=target_precision, linear_text=linear_text,
-            linear_c=linear_c, mention_fusion=mention_fusion, seed=seed, max_products=max_products,
-            work_dir=str(work_dir) if work_dir else None, device=device, threads=threads, progress=progress,
-        )
-    except (ValueError, FileNotFoundError) as exc:
-        typer.secho(f"enrich add-heads: {exc}", fg="red", err=True)
-        raise typer.Exit(2) from exc
-    for attr, kind, text in summary_rows(summary):
-        typer.echo(f"  {attr:<16} {kind:<6} {text}")
-    typer.echo(f"bundle {summary['bundle']} version {summary['version']} (base {summary['base_version']}; added "
-               f"{', '.join(summary['added'])}) in {summary['seconds']:.0f}s")
+        Every existing attribute keeps its head, fusion and thresholds, so the new bundle answers them exactly as
+        the base bundle does; the new ones are scored on the catalog's validation rows (see enrich evaluate).
+        """
+        from models.heads import add_heads_command, summary_rows
+
+        try:  # an invalid option too: the same one red line as a bundle that cannot take the heads
+            summary = add_heads_command(AddHeadsConfig(**options_))
+        except (ValueError, FileNotFoundError) as exc:
+            typer.secho(f"enrich add-heads: {exc}", fg="red", err=True)
+            raise typer.Exit(2) from exc
+        for attr, kind, text in summary_rows(summary):
+            typer.echo(f"  {attr:<16} {kind:<6} {text}")
+        typer.echo(f"bundle {summary['bundle']} version {summary['version']} (base {summary['base_version']}; "
+                   f"added {', '.join(summary['added'])}) in {summary['seconds']:.0f}s")
+
+    return with_flags(train_flags(options(AddHeadsConfig), required=_required(AddHeadsConfig)))(add_heads)
 
 
-@app.command()
-def evaluate(
-    bundle: Annotated[Path, typer.Option(help="Trained bundle directory.")],
-    catalog: Annotated[Path, typer.Option(help="Kaggle-format styles.csv (or its directory).")],
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the JSON report here.")] = None,
-    plots: Annotated[
-        Path | None, typer.Option(help="Directory for PNG confusion matrices and precision-coverage curves.")
-    ] = None,
-    split: Annotated[
-        str, typer.Option(help="auto | test | val | train | all (auto: held-out test split of a training catalog).")
-    ] = "auto",
-    baseline: Annotated[bool, typer.Option(help="Also score a TF-IDF + logistic regression title baseline.")] = True,
-    strip_color_words: Annotated[bool, typer.Option(help="Remove every colour word from the text first.")] = False,
-    attribute: Annotated[
-        list[str] | None, typer.Option(help="Only this attribute (repeatable). Default: all of the bundle's.")
-    ] = None,
-    max_products: Annotated[int | None, typer.Option(help="Score at most this many rows.")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
-    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
-    against: Annotated[
-        Path | None,
-        typer.Option(help="Another bundle (e.g. the one serving now) scored on the same rows, with a paired test."),
-    ] = None,
-    photo_shape: Annotated[
-        str | None,
-        typer.Option(help="squash | letterbox: serve every photo at the retailer's 3:4 shape first (un-squashed, or "
-                          "letterboxed into a white square): the photo-shape shift check."),
-    ] = None,
-    years: Annotated[
-        str | None,
-        typer.Option(help="Only products of these catalogue years, e.g. 2012,2015-2017 (the year shift: years few "
-                          "training photos come from)."),
-    ] = None,
-) -> None:
-    """Per attribute, for image-only, text-only and the ensemble: accuracy, macro-F1, precision, coverage.
+app.command("add-heads")(_add_heads_command())
 
-    Prints the tables (all rows, rows with a photo, and --against when given); --json writes the full report.
-    """
-    from models.evaluate import evaluate_command, format_against, format_table, parse_years
 
-    try:
-        parse_years(years) if years else None
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--years") from None
-    report = evaluate_command(
-        bundle=str(bundle),
-        catalog=str(catalog),
-        json_out=str(json_out) if json_out else None,
-        plots=str(plots) if plots else None,
-        split=split,
-        baseline=baseline,
-        strip_color_words=strip_color_words,
-        attributes=attribute,
-        max_products=max_products,
-        device=device,
-        progress=progress,
-        against=str(against) if against else None,
-        photo_shape=photo_shape,
-        years=years,
-    )
-    cat = report["catalog"]
-    typer.echo(f"{report['bundle']['name']} {report['bundle']['version']} on {cat['path']} (split {cat['split']}: "
-               f"{cat['rows']} rows, {cat['with_image']} with a photo) in {report['seconds']} s\n")
-    typer.echo(format_table(report) + "\n")
-    typer.echo("rows with a photo:\n" + format_table(report, "with_image") + "\n")
-    dg = report["drift_guard"]
-    typer.echo(f"drift guard (catalog order, watching {', '.join(dg['watched']) or 'nothing'}): "
-               + (", ".join(f"{s['attribute']} to {'text' if s['text_only'] else 'fusion'} at row {s['row']}"
-                            for s in dg["switches"]) or "no switch") + "\n")
-    if "against" in report:
-        typer.echo(format_against(report) + "\n")
-    if json_out:
-        typer.echo(f"report: {json_out}" + (f", plots: {report['plots']}" if "plots" in report else ""))
+def _evaluate_command() -> Any:
+    """``enrich evaluate``, its flags generated from ``models.training.config.EvaluateConfig``."""
+    from models.training.config import EvaluateConfig, options
+
+    def evaluate(**options_: Any) -> None:
+        """Per attribute, for image-only, text-only and the ensemble: accuracy, macro-F1, precision, coverage.
+
+        Prints the tables (all rows, rows with a photo, and --against when given); --json writes the full report.
+        """
+        config = _config(EvaluateConfig, options_)  # a bad --years (or any value) exits 2 before any loading
+        from models.evaluate import evaluate_command, format_against, format_table
+
+        report = evaluate_command(config)
+        cat = report["catalog"]
+        typer.echo(f"{report['bundle']['name']} {report['bundle']['version']} on {cat['path']} (split "
+                   f"{cat['split']}: {cat['rows']} rows, {cat['with_image']} with a photo) in {report['seconds']} s\n")
+        typer.echo(format_table(report) + "\n")
+        typer.echo("rows with a photo:\n" + format_table(report, "with_image") + "\n")
+        dg = report["drift_guard"]
+        typer.echo(f"drift guard (catalog order, watching {', '.join(dg['watched']) or 'nothing'}): "
+                   + (", ".join(f"{s['attribute']} to {'text' if s['text_only'] else 'fusion'} at row {s['row']}"
+                                for s in dg["switches"]) or "no switch") + "\n")
+        if "against" in report:
+            typer.echo(format_against(report) + "\n")
+        if config.json_out:
+            typer.echo(f"report: {config.json_out}" + (f", plots: {report['plots']}" if "plots" in report else ""))
+
+    return with_flags(train_flags(options(EvaluateConfig), required=_required(EvaluateConfig)))(evaluate)
+
+
+app.command("evaluate")(_evaluate_command())
 
 
 @app.command("sample-catalog")

@@ -1,8 +1,9 @@
 """Command-line flags generated from typed configurations, so that each option is declared once.
 
 A :class:`Flag` is one option as typer sees it; :func:`with_flags` gives a command function generated
-flags next to its own parameters. Two sources use it: ``enrich train`` (the fields of
-``models.training.config.TrainConfig``, through :func:`train_flags`) and the service commands ``enrich run``,
+flags next to its own parameters. Two sources use it: ``enrich train``, ``add-heads`` and ``evaluate`` (the
+fields of ``models.training.config``'s ``TrainConfig``, ``AddHeadsConfig``, ``EvaluateConfig``, through
+:func:`train_flags`) and the service commands ``enrich run``,
 ``check-config`` and ``replay`` (the fields of :class:`consumer.ops.settings.Settings`, through
 :func:`settings_flags`, whose values :func:`settings_overrides` turns back into Settings' keyword arguments).
 """
@@ -94,7 +95,8 @@ def with_flags(flags: Sequence[Flag], *, into: str | None = None) -> Callable[[C
 
 # --------------------------------------------------------------------------- enrich train (TrainConfig)
 def train_flags(options: Iterable[Any], required: Sequence[str] = ()) -> list[Flag]:
-    """Flags from ``models.training.config.options()`` (name, flag, type name, default, help)."""
+    """Flags from ``models.training.config.options(...)`` (name, flag, type name, default, help, metavar);
+    ``required`` names the options that have no default on the command line."""
     types: dict[str, Any] = {"int": int, "float": float, "str": str, "bool": bool, "list[str]": list[str]}
     flags = []
     for o in options:
@@ -106,7 +108,7 @@ def train_flags(options: Iterable[Any], required: Sequence[str] = ()) -> list[Fl
             default=None if o.name in required else o.default,
             help=o.help[:1].upper() + o.help[1:] + ".",
             required=o.name in required,
-            metavar=None if typ is bool else o.type.removeprefix("list[").strip("]").upper(),
+            metavar=None if typ is bool else o.metavar or o.type.removeprefix("list[").strip("]").upper(),
         ))
     return flags
 
