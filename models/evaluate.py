@@ -239,8 +239,8 @@ def evaluate_command(config: EvaluateConfig | None = None, /, **options: Any) ->
         out = {mod: served.answers(b, a, lab, mod) for mod in MODALITIES}
         report["attributes"][a] = {m: _metrics(y, **out[m]) for m in MODALITIES}
         sub = has_img[lab]
-        words = b.mention_words.get(a) or frozenset(b.taxonomy.value_words(a))
-        unm = sub & np.array([not mentions(texts[i], words) for i in lab], dtype=bool)
+        value_words = b.mention_words.get(a) or frozenset(b.taxonomy.value_words(a))
+        unm = sub & np.array([not mentions(texts[i], value_words) for i in lab], dtype=bool)
         for name, rows_mask in (("with_image", sub), ("unmentioned_with_image", unm)):
             report["subsets"][name]["attributes"][a] = {
                 m: _metrics(y[rows_mask], **{k: v[rows_mask] for k, v in out[m].items()}) for m in MODALITIES

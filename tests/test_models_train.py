@@ -205,3 +205,25 @@ def test_evaluate_against_another_bundle(trained: tuple[Path, Path, dict], tmp_p
     warned = evaluate_command(bundle=str(bundle), catalog=str(styles), progress=False, baseline=False,
                               attributes=["color"], against=str(shifted))
     assert warned["against"]["same_split"] is False
+
+
+def test_the_title_baseline_reads_the_titles_as_they_are(trained: tuple[Path, Path, dict]) -> None:
+    """Regression: the per-attribute loop reused the name of the stripped-words set, so the TF-IDF baseline
+    was fitted on titles without the *last* attribute's value words (colour words, with --attribute color)
+    even without --strip-color-words."""
+    import numpy as np
+
+    from models.baseline import fit_predict, score
+    from models.data import read_catalog
+
+    styles, bundle, _ = trained
+    b = Bundle.load(bundle, device="cpu")
+    report = evaluate_command(bundle=str(bundle), catalog=str(styles), progress=False, attributes=["color"])
+    products = read_catalog(styles)
+    spec, att = b.spec.split, b.taxonomy.attributes["color"]
+    train = [p for p in products if spec.of(p.id, p.year) == "train"]
+    test = [p for p in products if spec.of(p.id, p.year) == "test"]
+    pred = fit_predict([p.title for p in train], np.array([att.encode(p.labels.get("color")) for p in train]),
+                       [p.title for p in test])
+    want = score(pred, np.array([att.encode(p.labels.get("color")) for p in test]))
+    assert report["baselines"]["tfidf_logreg"]["color"]["accuracy"] == pytest.approx(want["accuracy"])
