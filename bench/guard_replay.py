@@ -38,7 +38,7 @@ def main() -> None:
         tp, ip = served.text_probs[i], served.image_probs[i]
         if ip is None:
             continue
-        for ch in guard.observe(tp, [ip]):
+        for ch in guard.observe(tp, [ip], served.mentioned[i]):
             switches.append({"row": i, **ch.to_json()})
         text_only = guard.text_only_attributes()
         guarded = b.combine(tp, [ip], text=served.texts[i], text_only=text_only)

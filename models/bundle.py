@@ -328,7 +328,9 @@ class Bundle:
         ``text_only`` names attributes to fuse from the text alone (its ``text`` mode and threshold) even
         when there is a photo: what the drift guard (``models.drift.DriftGuard.text_only_attributes``) asks
         for while an attribute's image-text agreement is below its training-time band. The image's answer
-        still appears as evidence. An attribute without text evidence keeps using the image.
+        still appears as evidence. An attribute without text evidence keeps using the image, and so does a
+        product whose text names none of the attribute's values (its ``-unmentioned`` fusion: the text has
+        nothing to fall back to there).
         """
         mentioned = self.mentioned(text) if text is not None else {}
         out: dict[str, AttributePrediction] = {}
@@ -342,8 +344,8 @@ class Bundle:
             if t is None and i is None:
                 out[a] = AttributePrediction(None, 0.0, float(self.thresholds.get(a, {}).get("both", 1.0)))
                 continue
-            fused, mode = self.ensemble.fuse(a, t, None if t is not None and a in text_only else i,
-                                             mentioned.get(a, True))
+            guarded = t is not None and a in text_only and mentioned.get(a, True)
+            fused, mode = self.ensemble.fuse(a, t, None if guarded else i, mentioned.get(a, True))
             k = int(np.argmax(fused))
             conf = float(fused[k])
             thr = self.threshold(a, mode)

@@ -138,10 +138,14 @@ class DriftGuard:
 
     def observe(self, text_probs: Mapping[str, np.ndarray] | None,
                 image_probs: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]] | None,
-                ) -> list[GuardChange]:
+                mentioned: Mapping[str, bool] | None = None) -> list[GuardChange]:
         """Record one product (its served text probabilities and its image probabilities: one mapping, or
         one per photo, averaged as ``Bundle.combine`` does). Only attributes where both modalities answered
-        and the text is confident count. Returns the attributes whose state changed with this product."""
+        and the text is confident count, and not those whose text names none of their values
+        (``mentioned[attr]`` False, ``Bundle.mentioned``): there the text guesses and the photo carries the
+        attribute, so their disagreement says nothing about the photo (a vendor without colour words in its
+        titles would otherwise switch colour to the text exactly where the text knows nothing). Returns the
+        attributes whose state changed with this product."""
         if not text_probs or not image_probs:
             return []
         imgs = [image_probs] if isinstance(image_probs, Mapping) else [p for p in image_probs if p]
@@ -149,7 +153,7 @@ class DriftGuard:
         for a, band in self.bands.items():
             t = text_probs.get(a)
             ps = [np.asarray(p[a], dtype=np.float64) for p in imgs if a in p]
-            if t is None or not ps or float(np.max(t)) < band.text_confidence:
+            if t is None or not ps or float(np.max(t)) < band.text_confidence or not (mentioned or {}).get(a, True):
                 continue
             i = ps[0] if len(ps) == 1 else np.mean(np.stack(ps), axis=0)
             seen = self._seen[a]

@@ -117,8 +117,9 @@ class Served:
             ip = self.image_probs[i].get(attr) if self.image_probs[i] and modality != "text" else None
             if tp is None and ip is None:
                 continue
-            if modality == "guarded" and tp is not None and self.text_only and attr in self.text_only[i]:
-                ip = None
+            if (modality == "guarded" and tp is not None and self.text_only and attr in self.text_only[i]
+                    and self.mentioned[i].get(attr, True)):
+                ip = None  # as Bundle.combine(text_only=...): text-only fusion where the text names the value
             fused, mode = b.ensemble.fuse(attr, tp, ip, self.mentioned[i].get(attr, True))
             pred[j], conf[j], has[j] = int(fused.argmax()), float(fused.max()), True
             thr[j] = b.threshold(attr, mode)
@@ -156,12 +157,13 @@ def serve_rows(b: Bundle, rows: Sequence[Product], strip_words: set[str], progre
             for i, pr in zip(idx, b.predict_images([vs[i - s] for i in idx]), strict=True):
                 image_probs[i] = pr
     text_probs = [b.pool_text(tp) if tp else {} for tp in text_parts]
-    text_only, switches = replay_guard(b, text_probs, image_probs)
-    return Served(texts, [b.mentioned(t) for t in texts], text_parts, text_probs, image_probs, text_only, switches)
+    mentioned = [b.mentioned(t) for t in texts]
+    text_only, switches = replay_guard(b, text_probs, image_probs, mentioned)
+    return Served(texts, mentioned, text_parts, text_probs, image_probs, text_only, switches)
 
 
 def replay_guard(b: Bundle, text_probs: Sequence[dict[str, np.ndarray]],
-                 image_probs: Sequence[dict[str, np.ndarray] | None],
+                 image_probs: Sequence[dict[str, np.ndarray] | None], mentioned: Sequence[dict[str, bool]],
                  ) -> tuple[list[frozenset[str]], list[dict[str, Any]]]:
     """Feed a fresh drift guard the rows in order, as ``consumer.stages.enricher`` does (observe a product,
     then fuse it with the attributes switched at that moment). Returns each row's text-only attributes and
@@ -171,7 +173,7 @@ def replay_guard(b: Bundle, text_probs: Sequence[dict[str, np.ndarray]],
     switches: list[dict[str, Any]] = []
     for i, (tp, ip) in enumerate(zip(text_probs, image_probs, strict=True)):
         if ip is not None:
-            switches.extend({"row": i, **ch.to_json()} for ch in guard.observe(tp, [ip]))
+            switches.extend({"row": i, **ch.to_json()} for ch in guard.observe(tp, [ip], mentioned[i]))
         text_only.append(frozenset(guard.text_only_attributes()))
     return text_only, switches
 

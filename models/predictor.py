@@ -56,8 +56,8 @@ class Guard(Protocol):
     Event loop only (one thread): ``observe`` each product's probabilities, then fuse the attributes of
     ``text_only_attributes()`` from the text alone."""
 
-    def observe(self, text_probs: Mapping[str, Any] | None,
-                image_probs: Sequence[Mapping[str, Any]] | None) -> list[GuardChange]: ...
+    def observe(self, text_probs: Mapping[str, Any] | None, image_probs: Sequence[Mapping[str, Any]] | None,
+                mentioned: Mapping[str, bool] | None = None) -> list[GuardChange]: ...
 
     def text_only_attributes(self) -> set[str]: ...
 
@@ -68,6 +68,8 @@ class GuardedPredictor(Predictor, Protocol):
     """A predictor with a drift guard (``models.bundle.Bundle``): ``combine`` also takes ``text_only``."""
 
     def drift_guard(self) -> Guard: ...
+
+    def mentioned(self, text: str | None) -> dict[str, bool]: ...
 
     def combine(
         self, text_probs: Mapping[str, Any] | None, image_probs: Sequence[Mapping[str, Any]], text: str | None = None,

@@ -27,7 +27,7 @@ from models.train import load_image, train_command
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("drift")
-    styles = generate_catalog(tmp / "cat", n_products=360, seed=5, image_size=64)
+    styles = generate_catalog(tmp / "cat", n_products=480, seed=5, image_size=64)
     enc = tiny_bert_dir(tmp / "bert")
     train_command(catalog=[str(styles)], out=str(tmp / "bundle"), image_backbone="tiny", image_size=32,
                   text_encoder=str(enc), text_train_layers=0, text_max_len=32, wide_buckets=1 << 10, batch_size=16,
@@ -97,9 +97,13 @@ def test_colour_rotated_photos_switch_colour_to_text_and_back(served: dict) -> N
     assert first.agreement < first.low < first.expected and first.window >= 30
     assert first.to_json()["attribute"] == "color" and first.to_json()["text_only"] is True
     assert "color" in guard.text_only_attributes()
-    # the fusion then answers colour from the text alone, with the (rotated) photo's answer as evidence
+    # the fusion then answers colour from the text alone where the text names a colour (elsewhere the photo
+    # still leads: the text has nothing to fall back to), with the (rotated) photo's answer as evidence
     text_only = guard.text_only_attributes()
-    for tp, ip, txt in list(zip(served["text"], served["rotated"], served["texts"], strict=True))[:20]:
+    worded = [(tp, ip, txt) for tp, ip, txt in zip(served["text"], served["rotated"], served["texts"], strict=True)
+              if b.mentioned(txt)["color"]]
+    assert len(worded) >= 20
+    for tp, ip, txt in worded[:20]:
         guarded = b.combine(tp, [ip], text=txt, text_only=text_only)
         alone = b.combine(tp, [], text=txt)
         assert guarded["color"].value == alone["color"].value
@@ -122,7 +126,8 @@ def test_rotated_colours_hurt_the_fusion_and_the_guard_restores_the_text(served:
     b: Bundle = served["bundle"]
     att = b.taxonomy.attributes["color"]
     y = np.array([att.encode(p.labels.get("color")) for p in served["products"]])
-    rows = np.nonzero(y >= 0)[0]
+    worded = np.array([b.mentioned(t)["color"] for t in served["texts"]])
+    rows = np.nonzero((y >= 0) & worded)[0]  # where text-only fusion applies: the title names a colour
 
     def acc(image: list[dict[str, np.ndarray]], text_only: set[str]) -> float:
         right = [b.combine(served["text"][r], [image[r]], text=served["texts"][r], text_only=text_only)["color"]
@@ -264,7 +269,9 @@ def test_stream_of_colour_rotated_photos_switches_colour_to_text_in_the_enricher
     # after the switch, each event's colour is the text-only fusion's answer, the photo's answer is evidence
     texts = {p.id: t for p, t in zip(prods, served["texts"], strict=True)}
     tprobs = {p.id: t for p, t in zip(prods, served["text"], strict=True)}
-    for e in events[switched_at + 1:]:
+    after = [e for e in events[switched_at + 1:] if b.mentioned(texts[e["event"]["product_id"]])["color"]]
+    assert after
+    for e in after:
         pid = e["event"]["product_id"]
         alone = b.combine(tprobs[pid], [], text=texts[pid])["color"]
         got = e["event"]["attributes"]["color"]
@@ -325,3 +332,43 @@ def test_evaluate_reports_what_the_guarded_consumer_publishes(served: dict, tmp_
     assert w["guarded"]["accuracy"] > w["ensemble"]["accuracy"]
     c = rep["comparisons"]["color"]["guarded_vs_ensemble"]
     assert c["a_only_right"] > c["b_only_right"]
+
+
+def test_products_whose_text_names_no_value_are_not_counted() -> None:
+    """Without a colour word the text guesses and the photo carries colour: that disagreement is no sign of a
+    shifted photo, so the guard does not count it (it switched colour to the text exactly where the text knew
+    nothing: a whole catalogue without colour words, measured on the shared catalogue's rare years)."""
+    g = DriftGuard({"color": Band(0.9, 500, 0.6)}, window=40, min_observations=20)
+    for _ in range(100):
+        assert g.observe({"color": _p(0)}, {"color": _p(1)}, {"color": False}) == []
+    assert g.state()["color"]["observed"] == 0
+    changes: list[GuardChange] = []
+    for _ in range(20):
+        changes += g.observe({"color": _p(0)}, {"color": _p(1)}, {"color": True})
+    assert [c.attribute for c in changes if c.text_only] == ["color"]
+
+
+def test_text_only_fusion_keeps_the_photo_where_the_text_names_no_value(served: dict) -> None:
+    b: Bundle = served["bundle"]
+    assert "color" in b.mention_words
+    tp, ip = served["text"][0], served["image"][0]
+    bare = "a plain product title"  # no colour word: the -unmentioned fusion, led by the photo
+    assert b.mentioned(bare)["color"] is False
+    guarded = b.combine(tp, [ip], text=bare, text_only={"color"})
+    assert guarded["color"].confidence == pytest.approx(b.combine(tp, [ip], text=bare)["color"].confidence)
+    worded = served["texts"][0]
+    if b.mentioned(worded)["color"]:  # with a colour word, text-only fusion is the text's answer
+        alone = b.combine(tp, [], text=worded)["color"]
+        assert b.combine(tp, [ip], text=worded, text_only={"color"})["color"].value == alone.value
+
+
+def test_a_catalogue_without_colour_words_does_not_trip_the_colour_guard(served: dict) -> None:
+    b: Bundle = served["bundle"]
+    rep = evaluate_command(bundle=str(b.path), catalog=str(served["styles"]), split="all", progress=False,
+                           baseline=False, attributes=["color"], strip_color_words=True)
+    assert not [s for s in rep["drift_guard"]["switches"] if s["attribute"] == "color"]
+    w = rep["subsets"]["with_image"]["attributes"]["color"]
+    assert w["guarded"] == w["ensemble"]
+    # the training band counts the products whose text names a colour only
+    m = json.loads((b.path / "manifest.json").read_text())
+    assert m["drift"]["color"]["n"] <= len([t for t in served["texts"] if b.mentioned(t)["color"]])

@@ -187,7 +187,8 @@ class Enricher:
         """Feed the drift guard this product, then fuse the attributes it switched from the text alone; each
         switch is a warning line and ``enrich_drift_switches_total``, the state ``enrich_drift_*`` gauges."""
         assert self.guard is not None
-        changes = self.guard.observe(text_probs, image_probs) if image_probs else []
+        predictor = cast(GuardedPredictor, self.predictor)
+        changes = self.guard.observe(text_probs, image_probs, predictor.mentioned(text)) if image_probs else []
         for ch in changes:
             if ch.text_only:
                 log.warning("drift guard: image and text disagree beyond the training band, attribute falls back "
@@ -198,5 +199,4 @@ class Enricher:
                          **ch.to_json(), topic=source.topic, partition=source.partition, offset=source.offset)
         if changes or image_probs:
             metrics.observe_drift(self.guard.state(), [(ch.attribute, ch.text_only) for ch in changes])
-        predictor = cast(GuardedPredictor, self.predictor)
         return predictor.combine(text_probs, image_probs, text=text, text_only=self.guard.text_only_attributes())

@@ -211,10 +211,13 @@ def fit_ensemble(models: Mapping[str, torch.nn.Module], val: Sequence[TaskData],
             ens.params[a][mode], thresholds[a][mode], metrics[a][mode] = fit_mode(
                 dict(zip(srcs, probs, strict=True)), y, target_precision, fixed=fixed,
                 groups=row_groups(rows, srcs, yg), fold_keys=[k for k, _ in rows])
+        # the band counts what the serving guard counts: products whose text names one of the attribute's
+        # values, where the attribute has "-unmentioned" modes (elsewhere the photo carries it: no signal)
+        keys_d = [k for k in keys_b if um is None or k in um.mentioned]
         drift[a] = agreement_band(
-            [(served[k], iprobs[k][a]) for k in keys_b], thresholds[a].get("text", 0.5),
-            {v: [(served[k], shifted[k][v][a]) for k in keys_b if v in shifted.get(k, {}) and a in shifted[k][v]]
-             for v in sorted({v for k in keys_b for v in shifted.get(k, {})})})
+            [(served[k], iprobs[k][a]) for k in keys_d], thresholds[a].get("text", 0.5),
+            {v: [(served[k], shifted[k][v][a]) for k in keys_d if v in shifted.get(k, {}) and a in shifted[k][v]]
+             for v in sorted({v for k in keys_d for v in shifted.get(k, {})})})
     return ens, thresholds, metrics, text_fusion, drift
 
 
