@@ -49,10 +49,10 @@ def agreement_band(pairs: Sequence[tuple[np.ndarray, np.ndarray]], text_confiden
     The gate is ``text_confidence`` (the attribute's text-only threshold) when at least ``MIN_VALIDATION``
     products reach it. Otherwise it is lowered to the confidence of the most confident quarter of the texts
     (at least ``MIN_VALIDATION`` of them; ``gate: "top"``), so every attribute with enough validation products
-    gets a band, and one narrow enough to trip. Why: on season the
-    text rarely reaches its threshold (0.88 on one run, no validation text reached it), and season is where
-    the photo model breaks first under a year shift; an attribute without a band is never guarded. The gate
-    is a relative measure, the same at training and serving time, so a lower one is still a fair band.
+    gets a band, and one narrow enough to trip. Why: on season the text rarely reaches its threshold (0.88 on
+    one time-split run, and no validation text reached it), and season is where the photo model breaks first
+    under a year shift; an attribute without a band is never guarded. The gate is a relative measure, the
+    same at training and serving time, so a lower one is still a fair band.
     """
     confs = np.array([float(np.max(t)) for t, _ in pairs])
     gate, how = float(text_confidence), "threshold"
