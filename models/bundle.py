@@ -344,8 +344,7 @@ class Bundle:
             if t is None and i is None:
                 out[a] = AttributePrediction(None, 0.0, float(self.thresholds.get(a, {}).get("both", 1.0)))
                 continue
-            guarded = t is not None and a in text_only and mentioned.get(a, True)
-            fused, mode = self.ensemble.fuse(a, t, None if guarded else i, mentioned.get(a, True))
+            fused, mode = self.ensemble.fuse(a, t, i, mentioned.get(a, True), text_only=a in text_only)
             k = int(np.argmax(fused))
             conf = float(fused[k])
             thr = self.threshold(a, mode)

@@ -120,16 +120,22 @@ class Ensemble:
     def __init__(self, params: Mapping[str, Mapping[str, FusionParams]] | None = None) -> None:
         self.params: dict[str, dict[str, FusionParams]] = {a: dict(m) for a, m in (params or {}).items()}
 
-    def fuse(self, attr: str, text: np.ndarray | None, image: np.ndarray | None, mentioned: bool = True
-             ) -> tuple[np.ndarray, str]:
+    def fuse(self, attr: str, text: np.ndarray | None, image: np.ndarray | None, mentioned: bool = True,
+             text_only: bool = False) -> tuple[np.ndarray, str]:
         """Fused probabilities and the mode used. Needs at least one modality.
 
         ``mentioned=False`` (the text names none of the attribute's values) selects the ``-unmentioned``
         variant of the mode when the bundle has one: its text weight was learnt on such texts, so a title
         without a colour word no longer outvotes the photo.
+
+        ``text_only`` (the drift guard switched the attribute) leaves the image out where there is a text that
+        names one of the attribute's values; without a text, or with one that names none (the photo-led
+        ``-unmentioned`` fusion), the image stays: the text has nothing to fall back to there.
         """
         if text is None and image is None:
             raise ValueError("fuse needs text or image probabilities")
+        if text_only and text is not None and mentioned:
+            image = None
         mode = "both" if text is not None and image is not None else ("text" if text is not None else "image")
         modes = self.params.get(attr, {})
         if not mentioned and text is not None and mode + UNMENTIONED in modes:

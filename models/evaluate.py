@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,7 +48,7 @@ from models.data import Product, read_catalog
 from models.taxonomy import KAGGLE_COLUMNS
 from models.text_clean import mentions, remove_words
 from models.train import load_image, prefetch
-from models.training.config import EvaluateConfig, flag_help
+from models.training.config import EvaluateConfig, fill_flag_help
 from models.training.config import parse_years as parse_years  # re-exported: it lived here
 
 log = logging.getLogger(__name__)
@@ -117,10 +116,8 @@ class Served:
             ip = self.image_probs[i].get(attr) if self.image_probs[i] and modality != "text" else None
             if tp is None and ip is None:
                 continue
-            if (modality == "guarded" and tp is not None and self.text_only and attr in self.text_only[i]
-                    and self.mentioned[i].get(attr, True)):
-                ip = None  # as Bundle.combine(text_only=...): text-only fusion where the text names the value
-            fused, mode = b.ensemble.fuse(attr, tp, ip, self.mentioned[i].get(attr, True))
+            guarded = modality == "guarded" and bool(self.text_only) and attr in self.text_only[i]
+            fused, mode = b.ensemble.fuse(attr, tp, ip, self.mentioned[i].get(attr, True), text_only=guarded)
             pred[j], conf[j], has[j] = int(fused.argmax()), float(fused.max()), True
             thr[j] = b.threshold(attr, mode)
         return {"pred": pred, "conf": conf, "has": has, "thr": thr}
@@ -330,9 +327,7 @@ def evaluate_command(config: EvaluateConfig | None = None, /, **options: Any) ->
     return report
 
 
-if evaluate_command.__doc__:  # the flag list, generated from EvaluateConfig (one declaration of every option)
-    evaluate_command.__doc__ = evaluate_command.__doc__.replace(
-        "{FLAGS}", textwrap.indent(flag_help(EvaluateConfig), "    "))
+fill_flag_help(evaluate_command, EvaluateConfig)
 
 
 def _training_catalogs(b: Bundle) -> list[str]:

@@ -21,7 +21,6 @@ import copy
 import dataclasses
 import logging
 import math
-import textwrap
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -37,7 +36,7 @@ from models.data import SplitSpec, read_catalog, sample_products
 from models.ensemble import Ensemble
 from models.taxonomy import KAGGLE_COLUMNS, Taxonomy, check_attribute_names
 from models.train import TaskData, cached_datasets, embed_dataset, fit_ensemble, unmentioned_text_probs
-from models.training.config import AddHeadsConfig, flag_help
+from models.training.config import AddHeadsConfig, fill_flag_help
 from models.wide import class_params
 
 log = logging.getLogger(__name__)
@@ -225,9 +224,7 @@ def add_heads_command(config: AddHeadsConfig | None = None, /, **options: Any) -
             "seconds": round(time.monotonic() - t0, 1)}
 
 
-if add_heads_command.__doc__:  # the flag list, generated from AddHeadsConfig (one declaration of every option)
-    add_heads_command.__doc__ = add_heads_command.__doc__.replace(
-        "{FLAGS}", textwrap.indent(flag_help(AddHeadsConfig), "    "))
+fill_flag_help(add_heads_command, AddHeadsConfig)
 
 
 def summary_rows(summary: Mapping[str, Any]) -> list[tuple[str, str, str]]:

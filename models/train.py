@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import math
-import textwrap
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,7 +38,7 @@ from models.image_model import ImagePreprocess, MultiTaskImageModel, build_backb
 from models.taxonomy import KAGGLE_COLUMNS, Taxonomy, check_attribute_names
 from models.text_model import MultiTaskTextModel, default_encoder_dir, load_encoder, load_tokenizer
 from models.training.checkpoint import _load_ckpt, _save_ckpt, trained_state
-from models.training.config import TrainConfig, flag_help
+from models.training.config import TrainConfig, fill_flag_help
 from models.training.features import (
     TaskData,
     _add_variants,
@@ -236,8 +235,7 @@ def _year_groups(catalogs: Sequence[Mapping[str, Sequence[Product]]], train: Seq
     return groups, {"common_years": sorted(common), "rare_year_products": len(groups), "val_products": n_val}
 
 
-if train_command.__doc__:  # the flag list, generated from TrainConfig (one declaration of every option)
-    train_command.__doc__ = train_command.__doc__.replace("{FLAGS}", textwrap.indent(flag_help(), "    "))
+fill_flag_help(train_command, TrainConfig)
 
 
 #: busy machine as on an idle one; ``max_minutes`` is only a safety net.

@@ -347,3 +347,10 @@ def flag_help(config_type: ConfigType = TrainConfig, width: int = 112) -> str:
         lines.extend(textwrap.wrap(o.help + default, width, initial_indent=first.ljust(33),
                                    subsequent_indent=" " * 33, break_on_hyphens=False))
     return "\n".join(lines)
+
+
+def fill_flag_help(func: Any, config_type: ConfigType) -> None:
+    """Put ``config_type``'s :func:`flag_help` where ``func``'s docstring says ``{FLAGS}``: the command
+    functions' flag lists are generated, not written (one declaration of every option)."""
+    if func.__doc__:
+        func.__doc__ = func.__doc__.replace("{FLAGS}", textwrap.indent(flag_help(config_type), "    "))
