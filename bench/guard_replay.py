@@ -4,8 +4,9 @@
         --catalog ../shared/datasets/fashion-products/styles.csv [--photo-shape letterbox]
 
 Rows of the bundle's own test split with a photo, in catalog order: each is observed by a fresh
-``Bundle.drift_guard()`` (default window and band) and fused with the attributes it has switched to text only
-at that moment (``Bundle.combine(..., text_only=...)``), exactly as ``consumer.stages.enricher`` does. Prints,
+``Bundle.drift_guard()`` (default window and band; ``models.evaluate.serve_rows`` replays it, as
+``enrich evaluate``'s ``guarded`` column does) and fused with the attributes it has switched to text only at
+that moment (``Bundle.combine(..., text_only=...)``), exactly as ``consumer.stages.enricher`` does. Prints,
 per attribute, when the guard switched, and the accuracy with the guard against without it.
 """
 
@@ -30,18 +31,13 @@ def main() -> None:
     b = Bundle.load(args.bundle, device="cpu")
     rows = [p for p in read_catalog(args.catalog)
             if p.image_path is not None and b.spec.split.of(p.id, p.year) == "test"]
-    served = serve_rows(b, rows, set(), progress=False, photo_shape=args.photo_shape)
-    guard = b.drift_guard()
-    switches: list[dict[str, object]] = []
+    served = serve_rows(b, rows, set(), progress=False, photo_shape=args.photo_shape)  # replays the guard too
     right = {a: [0, 0, 0] for a in b.attributes}  # guarded, unguarded, labelled
     for i, p in enumerate(rows):
         tp, ip = served.text_probs[i], served.image_probs[i]
         if ip is None:
             continue
-        for ch in guard.observe(tp, [ip], served.mentioned[i]):
-            switches.append({"row": i, **ch.to_json()})
-        text_only = guard.text_only_attributes()
-        guarded = b.combine(tp, [ip], text=served.texts[i], text_only=text_only)
+        guarded = b.combine(tp, [ip], text=served.texts[i], text_only=served.text_only[i])
         plain = b.combine(tp, [ip], text=served.texts[i])
         for a in b.attributes:
             y = b.taxonomy.attributes[a].encode(p.labels.get(a))
@@ -50,7 +46,9 @@ def main() -> None:
             right[a][2] += 1
             right[a][0] += int(np.argmax(guarded[a].probs) == y)  # type: ignore[arg-type]
             right[a][1] += int(np.argmax(plain[a].probs) == y)  # type: ignore[arg-type]
-    print(json.dumps({"rows": len(rows), "switches": switches, "final_text_only": sorted(guard.text_only_attributes()),
+    switches = served.guard_switches
+    final = sorted(served.text_only[-1]) if served.text_only else []
+    print(json.dumps({"rows": len(rows), "switches": switches, "final_text_only": final,
                       "accuracy": {a: {"guarded": g / max(1, n), "unguarded": u / max(1, n), "n": n,
                                        "guarded_minus_unguarded_products": g - u}
                                    for a, (g, u, n) in right.items()}}, indent=1))
