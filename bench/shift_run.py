@@ -8,6 +8,9 @@ at 3:4 squashed, at 3:4 letterboxed, and with every colour word removed::
     nice -n 10 .venv/bin/python bench/shift_run.py --catalog ../shared/datasets/fashion-products/styles.csv \\
         --out .cache/real12
 
+``--set split_years=2013`` trains on the same years but splits 2013 and later between validation and test
+by the seeded hash, so the fusion is fitted on the years it is tested on (``models.data.SplitSpec``).
+
 Writes ``OUT/bundle`` and ``OUT/eval/*.json`` (and prints the Markdown tables). ``--skip-train`` re-scores an
 existing bundle. Extra ``--set key=value`` pairs override training options (``models.train.train_command``).
 
@@ -62,7 +65,9 @@ def main() -> None:
     bundle = args.bundle or args.out / "bundle"
     times: dict[str, float] = {}
     if not args.skip_train:
-        cfg = {**CONFIG, **{k: _value(v) for k, v in (s.split("=", 1) for s in args.set)}}
+        # a string option stays a string (--set split_years=2013 is a year list, not the number 2013)
+        cfg = {**CONFIG, **{k: v if isinstance(CONFIG.get(k), str) else _value(v)
+                            for k, v in (s.split("=", 1) for s in args.set)}}
         t = time.monotonic()
         summary = train_command(catalog=[args.catalog], out=str(bundle), work_dir=str(args.out / "work"), **cfg)
         times["train"] = time.monotonic() - t

@@ -97,20 +97,30 @@ class SplitSpec:
     ``method="hash"``: the seeded product-id hash (:func:`split_of`), an in-distribution split.
     ``method="year"``: a split that looks like the future: products of catalogue years before ``val_from``
     train, ``val_from`` <= year < ``test_from`` validate (fusion, thresholds and model selection are fitted on
-    later years than the models learnt from), ``test_from`` and later test. A product without a year
-    falls back to the hash split (it carries no time), so no row is lost.
+    later years than the models learnt from), ``test_from`` and later test. With ``test_from=None`` the
+    products from ``val_from`` on are split between validation and test by the seeded hash (in the ratio of
+    ``fractions[1]:fractions[2]``): the models still learn only from earlier years, but the fusion is then
+    fitted on the same later years it is tested on, i.e. on data that contains the test's shift, where the
+    strict chronological split asks it to anticipate a shift no validation year shows. A product without a
+    year falls back to the hash split (it carries no time), so no row is lost.
     """
 
     method: str = "hash"
     seed: int = 0
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     val_from: int = 2013
-    test_from: int = 2016
+    test_from: int | None = 2016
 
     def of(self, product_id: str, year: int | None) -> str:
         """``train`` / ``val`` / ``test`` for one product."""
         if self.method == "year" and year is not None:
-            return "train" if year < self.val_from else ("val" if year < self.test_from else "test")
+            if year < self.val_from:
+                return "train"
+            if self.test_from is None:
+                f_val, f_test = self.fractions[1], self.fractions[2]
+                later = (0.0, f_val / (f_val + f_test), f_test / (f_val + f_test))
+                return split_of(product_id, self.seed, later)
+            return "val" if year < self.test_from else "test"
         if self.method not in ("hash", "year"):
             raise ValueError(f"unknown split method {self.method!r} (hash | year)")
         return split_of(product_id, self.seed, self.fractions)
@@ -136,5 +146,7 @@ class SplitSpec:
         d = dict(d or {})
         method = "year" if d.get("method") == "year" else "hash"
         fr = tuple(float(x) for x in d.get("fractions", (0.8, 0.1, 0.1)))  # type: ignore[attr-defined]
+        test_from = d.get("test_from", 2016)
         return cls(method, int(d.get("seed", 0)), fr,  # type: ignore[arg-type]
-                   int(d.get("val_from", 2013)), int(d.get("test_from", 2016)))  # type: ignore[arg-type]
+                   int(d.get("val_from", 2013)),  # type: ignore[arg-type]
+                   None if test_from is None else int(test_from))  # type: ignore[arg-type]

@@ -114,7 +114,7 @@ def train_command(config: TrainConfig | None = None, /, **options: Any) -> dict[
     catalogs: list[dict[str, list[Product]]] = []
     extra_labels = [a for a in cfg.attributes or () if a not in KAGGLE_COLUMNS]  # e.g. --attribute year
     check_attribute_names(extra_labels)
-    val_from, test_from = (int(x) for x in cfg.split_years.split(","))
+    val_from, test_from = cfg.split_bounds()
     split_spec = SplitSpec(cfg.split, cfg.seed, (0.8, 0.1, 0.1), val_from, test_from)
     shapes = [x.strip() for x in cfg.image_shape_views.split(",") if x.strip()]
     folds = [x.strip() for x in cfg.shift_folds.split(",") if x.strip()]

@@ -70,7 +70,8 @@ class TrainConfig:
         "hash: products split 80/10/10 by a seeded hash of the id; year: by catalogue year (train before the "
         "first of --split-years, validate up to the second, test from it), a split that looks like the future"))
     split_years: str = field(default="2013,2016", metadata=_m(
-        "VAL_FROM,TEST_FROM years of --split year"))
+        "VAL_FROM,TEST_FROM years of --split year; a single VAL_FROM year splits the products from it on "
+        "between validation and test by the seeded hash (the fusion is fitted on the test's later years)"))
     text_encoder: str | None = field(default=None, metadata=_m(
         "local Hugging Face BERT directory [packaged all-MiniLM-L6-v2]"))
     text_train_layers: int = field(default=1, metadata=_m(
@@ -135,9 +136,15 @@ class TrainConfig:
             raise ValueError(f"split must be hash or year, got {self.split!r}")
         if self.select_by not in ("accuracy", "loss"):
             raise ValueError(f"select_by must be accuracy or loss, got {self.select_by!r}")
+        self.split_bounds()  # refuses malformed --split-years before any work
+
+    def split_bounds(self) -> tuple[int, int | None]:
+        """``(val_from, test_from)`` of ``split_years``; ``test_from`` is None for a single year."""
         years = self.split_years.split(",")
-        if len(years) != 2 or not all(y.strip().isdigit() for y in years) or int(years[0]) > int(years[1]):
-            raise ValueError(f"split_years must be VAL_FROM,TEST_FROM years, got {self.split_years!r}")
+        if (len(years) not in (1, 2) or not all(y.strip().isdigit() for y in years)
+                or int(years[0]) > int(years[-1])):
+            raise ValueError(f"split_years must be VAL_FROM[,TEST_FROM] years, got {self.split_years!r}")
+        return int(years[0]), (int(years[1]) if len(years) == 2 else None)
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some options changed."""
