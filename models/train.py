@@ -255,9 +255,10 @@ DEMO_CONFIG: dict[str, Any] = {
 
 #: Bump when the training code changes what a demo bundle holds (revision 2: colour ``-unmentioned`` fusion
 #: modes; 3: drift bands, 3:4 letterboxed training views, shifted validation folds; 4: the year fold; 5: drift
-#: bands over texts that name a value, with a gate for every attribute), so cached demo bundles are retrained
+#: bands over texts that name a value, with a gate for every attribute; 6: a fitted pool must prove its gain over
+#: the best single source), so cached demo bundles are retrained
 #: (``consumer.devtools.demo.ensure_demo_bundle``).
-DEMO_REVISION = 5
+DEMO_REVISION = 6
 
 
 def demo_bundle_key() -> str:
