@@ -330,8 +330,8 @@ def select_pool(probs: Sequence[np.ndarray], labels: np.ndarray, names: Sequence
     pool ranks below that source. Why: the gains that the rule above accepts by a handful of products are
     noise as often as not, and on a test set of the same size they turned into losses of 3-8 products
     (gender and usage on the time split, season on the rare years); the one-product tolerance is a tie
-    rule, not a margin for noise. A pool that wins by a clear margin (colour's photo, season's class bias
-    on later years) passes easily, so the gate costs only gains too small to tell from chance.
+    rule, not a margin for noise. A pool that wins by a clear margin (master category's photo on later
+    years) passes easily, so the proof costs only gains too small to tell from chance.
     """
     names = list(names or [f"s{i}" for i in range(len(probs))])
     y = np.asarray(labels, dtype=np.int64)
